@@ -1,0 +1,155 @@
+"""Pushing every change in the store to every connected WebSocket.
+
+One thread, the broadcaster, waits on the store just like a long-polling
+client. When something changes it builds one frame and hands the same bytes to
+every subscriber. Sending never blocks: bytes that a client can't take yet wait
+in its queue, and a client that falls too far behind is disconnected. It comes
+back with its cursor and misses nothing.
+"""
+
+import json
+import socket
+import threading
+
+from wsproto.frame_protocol import FrameProtocol
+
+# A client that stops reading first fills the kernel's buffers (a few MB on
+# Linux), then this much of our queue, and then we hang up on it.
+MAX_QUEUED_BYTES = 1024 * 1024
+
+# While some client has bytes waiting, try it again this often (seconds).
+RETRY_INTERVAL = 0.02
+
+# Windows has no MSG_DONTWAIT: there, sends block and a stalled client slows the others.
+DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class Broadcaster:
+    """The registry of connected sockets, and the thread that feeds them."""
+
+    def __init__(self, store):
+        self.store = store
+        self.subscribers = set()
+        # Held while a frame goes out to everyone, and while someone joins or
+        # leaves, so a newcomer gets each change either in its first frame or
+        # in a broadcast, never in both and never in neither.
+        self.lock = threading.Lock()
+        self.thread = None
+
+    def subscribe(self, ws, since, epoch):
+        """Register `ws`, send it everything after `since`, and return its Subscriber."""
+        with self.lock:
+            answer = self.store.since(since, epoch)
+            subscriber = Subscriber(ws, answer["cursor"])
+            subscriber.send_text(messages_frame(answer))
+            self.subscribers.add(subscriber)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="broadcaster", daemon=True)
+                self.thread.start()
+        return subscriber
+
+    def unsubscribe(self, subscriber):
+        """Forget a subscriber whose connection has ended."""
+        with self.lock:
+            self.subscribers.discard(subscriber)
+
+    def run(self):
+        """Wait for changes and send each one to every subscriber, forever."""
+        cursor = self.store.cursor
+        someone_behind = False
+        while True:
+            self.store.wait(cursor, timeout=RETRY_INTERVAL if someone_behind else None)
+            answer = self.store.since(cursor)
+            # Encoded once: a server's frames are not masked, so every client gets the same bytes.
+            shared_frame = encode_text_frame(messages_frame(answer))
+            with self.lock:
+                for subscriber in self.subscribers:
+                    if subscriber.cursor == answer["cursor"]:
+                        subscriber.send(b"")  # nothing new for it: just push out its queue
+                    elif subscriber.cursor == cursor:
+                        subscriber.send_frame(shared_frame, answer["cursor"])
+                    else:
+                        # Joined while this round was being prepared: its first
+                        # frame went further than `cursor`, so it needs its own.
+                        subscriber.catch_up(self.store)
+                someone_behind = any(subscriber.queued for subscriber in self.subscribers)
+            cursor = answer["cursor"]
+
+
+class Subscriber:
+    """One WebSocket client: its socket, the bytes it has yet to take, and the cursor it has been sent."""
+
+    def __init__(self, ws, cursor):
+        self.cursor = cursor
+        self.queued = bytearray()
+        self._socket = ws.sock
+        self._lock = threading.Lock()
+        # simple-websocket's own thread writes pongs and close frames with a
+        # blocking `ws.sock.send()`. Standing in for its socket routes those
+        # bytes through our queue too, so frames never interleave and no
+        # thread ever blocks on a client that stopped reading.
+        ws.sock = self
+
+    def send_text(self, text):
+        """Send one text frame to this client only."""
+        self.send(encode_text_frame(text))
+
+    def send_frame(self, frame, cursor):
+        """Send a ready-made `messages` frame that brings this client up to `cursor`."""
+        self.send(frame)
+        self.cursor = cursor
+
+    def catch_up(self, store):
+        """Send whatever changed after this client's own cursor, if anything."""
+        answer = store.since(self.cursor)
+        if answer["messages"]:
+            self.send_frame(encode_text_frame(messages_frame(answer)), answer["cursor"])
+        else:
+            self.send(b"")  # nothing new, but push out what is queued
+
+    def send(self, data):
+        """Queue bytes and push out as many as the socket takes now (the socket interface)."""
+        with self._lock:
+            self.queued += data
+            try:
+                sent = self._socket.send(self.queued, DONT_WAIT) if self.queued else 0
+                del self.queued[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.queued.clear()  # the connection is gone; its reader thread ends it
+            if len(self.queued) > MAX_QUEUED_BYTES:
+                self.queued.clear()
+                self._hang_up()
+        return len(data)
+
+    def recv(self, size):
+        """Read from the socket (the socket interface simple-websocket uses)."""
+        return self._socket.recv(size)
+
+    def fileno(self):
+        """Return the socket's file descriptor (the socket interface, for selectors)."""
+        return self._socket.fileno()
+
+    def close(self):
+        """Close the socket (the socket interface)."""
+        self._socket.close()
+
+    def _hang_up(self):
+        # A close frame would only wait behind everything else in the queue.
+        # Shutting the socket down ends the connection now; simple-websocket's
+        # reader thread sees it and the route's `finally` unsubscribes.
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def messages_frame(answer):
+    """Return the JSON text of a `messages` frame holding a `Store.since()` answer."""
+    return json.dumps({"command": "messages", **answer})
+
+
+def encode_text_frame(text):
+    """Return the bytes of one unmasked, uncompressed WebSocket text frame, as a server sends it."""
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(text))

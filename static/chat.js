@@ -1,0 +1,132 @@
+// What both chat pages share: showing messages, the form and the buttons.
+// This module knows nothing about the network. A page's own script is its
+// transport: it calls startChat() with two functions that talk to the server,
+// and feeds the answers it receives to chat.apply().
+
+const limits = JSON.parse(document.getElementById("limits").textContent);
+
+/**
+ * Wire up the page. `transport.send(message)` and `transport.vote(id, kind)`
+ * return promises that reject with an Error whose message a person can read.
+ */
+export function startChat(transport) {
+  const list = document.getElementById("messages");
+  const status = document.getElementById("status");
+  const errorBox = document.getElementById("error");
+  const form = document.getElementById("send-form");
+  const shown = new Map(); // message id -> its <li>
+  let cursor = 0;
+  let epoch = null;
+
+  form.user.value = localStorage.getItem("chat-name") || "";
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const message = { user: form.user.value.trim(), text: form.text.value.trim() };
+    try {
+      checkLength("Name", message.user, limits.user);
+      checkLength("Message", message.text, limits.text);
+      await transport.send(message);
+    } catch (error) {
+      showError(error.message); // what the person typed stays in the form
+      return;
+    }
+    localStorage.setItem("chat-name", message.user);
+    form.text.value = "";
+    showError("");
+  });
+
+  list.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-vote]");
+    if (!button) return;
+    try {
+      await transport.vote(Number(button.closest("li").dataset.id), button.dataset.vote);
+    } catch (error) {
+      showError(error.message);
+    }
+  });
+
+  function showError(text) {
+    errorBox.textContent = text;
+    errorBox.hidden = !text;
+  }
+
+  return {
+    get cursor() { return cursor; },
+    get epoch() { return epoch; },
+
+    /** Show a `messages` answer: each message replaces the one with its id. */
+    apply(answer) {
+      const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+      if (answer.reset) {
+        list.replaceChildren();
+        shown.clear();
+      }
+      for (const message of answer.messages) {
+        const item = renderMessage(message);
+        const old = shown.get(message.id);
+        if (old) old.replaceWith(item);
+        else list.append(item); // ids only grow, so new ones go last
+        shown.set(message.id, item);
+      }
+      cursor = answer.cursor;
+      epoch = answer.epoch;
+      if (atBottom) list.scrollTop = list.scrollHeight;
+    },
+
+    /** Show "connected", "reconnecting" or "offline". */
+    setStatus(state) {
+      status.textContent = state;
+      status.dataset.state = state;
+    },
+
+    showError,
+  };
+}
+
+function checkLength(name, value, limit) {
+  if (!value) throw new Error(`${name} must not be empty.`);
+  if (value.length > limit) {
+    throw new Error(`${name} is too long: ${value.length} characters, the limit is ${limit}.`);
+  }
+}
+
+/** Build a message's <li>. User text goes in with textContent, so it is never run as HTML. */
+export function renderMessage(message) {
+  const item = element("li", "message");
+  item.dataset.id = message.id;
+  const meta = element("p", "meta");
+  meta.append(element("strong", "user", message.user), " ");
+  const time = element("time", "", new Date(message.timestamp).toLocaleTimeString());
+  time.dateTime = message.timestamp;
+  time.title = new Date(message.timestamp).toLocaleString();
+  meta.append(time);
+  item.append(meta, element("p", "text", message.text), voteButton("like", "👍", message.likes),
+              voteButton("dislike", "👎", message.dislikes));
+  return item;
+}
+
+function voteButton(kind, symbol, count) {
+  const button = element("button", "vote", `${symbol} ${count}`);
+  button.type = "button";
+  button.dataset.vote = kind;
+  button.setAttribute("aria-label", `${kind === "like" ? "Like" : "Dislike"} ${count}`);
+  return button;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Wait `ms` milliseconds. */
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The next wait before retrying: double the last, up to 10 s, with some jitter. */
+export function backoff(lastMs) {
+  return Math.min(Math.max(lastMs * 2, 500), 10000) * (0.75 + Math.random() / 2);
+}
