@@ -15,10 +15,9 @@ from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound
 from broadcaster import Broadcaster
 from store import MAX_TEXT, MAX_USER, Store
 
-# How long a WebSocket route waits for a frame before it checks that the
-# connection is still open. simple-websocket can mark a connection closed
-# without waking a waiting `receive()`, so waiting forever could leak a thread.
-RECEIVE_TIMEOUT = 10
+# How long a WebSocket route waits for a frame before it checks anyway that
+# the connection is still open, so that no route thread can wait forever.
+RECEIVE_TIMEOUT = 30
 
 
 def create_app(test_config=None):
@@ -39,6 +38,7 @@ def create_app(test_config=None):
     broadcaster = Broadcaster(store)
     sock = Sock(app)
     app.extensions["chat_store"] = store
+    app.extensions["chat_broadcaster"] = broadcaster
 
     # Pages
 
@@ -96,32 +96,34 @@ def create_app(test_config=None):
     # WebSockets
 
     @app.before_request
-    def refuse_other_sites():
-        """Refuse WebSocket handshakes from pages of other sites, before the upgrade."""
+    def check_websocket_handshake():
+        """Refuse a bad WebSocket handshake with an HTTP error, before the upgrade."""
         if request.url_rule is None or not request.url_rule.websocket:
             return
+        # Browsers send cookies with a WebSocket handshake from any site, so a
+        # page elsewhere could chat in a visitor's name. Browsers also say which
+        # page asked, in Origin; programs that are not browsers send none.
         origin = request.headers.get("Origin")
-        if origin is None:
-            return  # not a browser page: nothing can be forged on someone's behalf
         allowed = app.config["ALLOWED_ORIGINS"]
-        if isinstance(allowed, str):
+        if isinstance(allowed, str):  # FLASK_ALLOWED_ORIGINS="https://a.example https://b.example"
             allowed = allowed.replace(",", " ").split()
-        if urlsplit(origin).netloc != request.host and origin not in allowed:
+        if origin and urlsplit(origin).netloc != request.host and origin not in allowed:
             raise Forbidden(f"WebSocket connections from {origin} are not allowed.")
+        whole_number(request.args, "since", default=0)
 
     @sock.route("/hello/ws")
     def hello_socket(ws):
         ws.send("Hello")
+        # Then wait for the page to hang up. If the server hung up first,
+        # flask-sock would let werkzeug write an HTTP response after the close
+        # frame, and browsers would report a broken connection (flask-sock #20).
+        while ws.connected:
+            ws.receive(timeout=RECEIVE_TIMEOUT)
 
     @sock.route("/ws")
     def chat_socket(ws):
         """Send the client what it missed, then every change; carry out the frames it sends."""
-        try:
-            since = whole_number(request.args, "since", default=0)
-        except BadRequest as error:
-            ws.send(json.dumps({"command": "error", "error": error.description}))
-            ws.close(1008, error.description)
-            return
+        since = whole_number(request.args, "since", default=0)
         subscriber = broadcaster.subscribe(ws, since, request.args.get("epoch") or None)
         try:
             while True:

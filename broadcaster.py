@@ -82,6 +82,7 @@ class Subscriber:
     def __init__(self, ws, cursor):
         self.cursor = cursor
         self.queued = bytearray()
+        self._ws = ws
         self._socket = ws.sock
         self._lock = threading.Lock()
         # simple-websocket's own thread writes pongs and close frames with a
@@ -132,8 +133,14 @@ class Subscriber:
         return self._socket.fileno()
 
     def close(self):
-        """Close the socket (the socket interface)."""
+        """End the connection (the socket interface), as simple-websocket's reader thread ends."""
+        # Shut the socket down rather than only closing it: werkzeug still holds
+        # it, and would otherwise wait for the client to hang up first.
+        self._hang_up()
         self._socket.close()
+        # simple-websocket can end a connection (a frame too big, say) without
+        # waking a `receive()` that waits for the next frame. Wake it here.
+        self._ws.event.set()
 
     def _hang_up(self):
         # A close frame would only wait behind everything else in the queue.

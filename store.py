@@ -37,8 +37,8 @@ class Store:
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""
-        user = _checked(user, "Name", MAX_USER)
-        text = _checked(text, "Message", MAX_TEXT)
+        user = _checked(user, "Name (user)", MAX_USER)
+        text = _checked(text, "Message (text)", MAX_TEXT)
         with self._changes:
             message = {
                 "id": self._next_id,
@@ -111,6 +111,8 @@ class Store:
 
 def _checked(value, name, limit):
     """Return `value` trimmed, or raise ValueError saying what a person should fix."""
+    if value is None:
+        raise ValueError(f"{name} is missing.")
     if not isinstance(value, str):
         raise ValueError(f"{name} must be text.")
     value = value.strip()

@@ -32,7 +32,8 @@ export function startChat(transport) {
       return;
     }
     localStorage.setItem("chat-name", message.user);
-    form.text.value = "";
+    // Sending takes a moment: don't wipe out a next message typed meanwhile.
+    if (form.text.value.trim() === message.text) form.text.value = "";
     showError("");
   });
 
@@ -126,7 +127,7 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** The next wait before retrying: double the last, up to 10 s, with some jitter. */
+/** The next wait before retrying: double the last, up to 5 s, with some jitter. */
 export function backoff(lastMs) {
-  return Math.min(Math.max(lastMs * 2, 500), 10000) * (0.75 + Math.random() / 2);
+  return Math.min(Math.max(lastMs * 2, 500), 5000) * (0.75 + Math.random() / 2);
 }

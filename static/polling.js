@@ -25,9 +25,10 @@ async function post(url, body) {
 
 // Each request is held by the server until something changes (or 25 s pass),
 // then answered with just what changed. Then we ask again, from the new cursor.
+// The first request doesn't wait: it fetches the history, which may be empty.
 let retryMs = 0;
 while (true) {
-  const params = new URLSearchParams({ since: chat.cursor, wait: 25 });
+  const params = new URLSearchParams({ since: chat.cursor, wait: chat.epoch ? 25 : 0 });
   if (chat.epoch) params.set("epoch", chat.epoch);
   try {
     const response = await fetch(`/messages?${params}`);

@@ -1,0 +1,199 @@
+"""HTTP tests with Flask's test client: pages, the JSON API, and its errors."""
+
+import threading
+import time
+
+import pytest
+
+from app import create_app
+
+
+def post_message(client, user="Azin", text="Hello!"):
+    response = client.post("/messages", json={"user": user, "text": text})
+    assert response.status_code == 201
+    return response.get_json()
+
+
+@pytest.mark.parametrize("path", ["/", "/polling", "/websocket", "/hello"])
+def test_every_page_is_served_as_html(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+
+
+def test_landing_page_links_to_the_three_pages(client):
+    html = client.get("/").get_data(as_text=True)
+    for path in ("/hello", "/polling", "/websocket"):
+        assert f'href="{path}"' in html
+
+
+@pytest.mark.parametrize("path, script", [("/polling", "polling.js"), ("/websocket", "websocket.js")])
+def test_chat_pages_share_the_chat_and_add_only_their_transport(client, path, script):
+    html = client.get(path).get_data(as_text=True)
+    assert script in html
+    assert '<label>Name <input name="user"' in html
+    assert '<label>Message <input name="text"' in html
+    assert 'role="status"' in html
+    assert '{"text": 1000, "user": 50}' in html
+
+
+def test_posted_message_is_stored_and_returned_with_201(client):
+    message = post_message(client, "  Azin ", " Hello! ")
+    assert message["id"] == 1
+    assert (message["user"], message["text"], message["likes"], message["dislikes"]) == (
+        "Azin", "Hello!", 0, 0)
+    answer = client.get("/messages").get_json()
+    assert answer["messages"] == [message]
+    assert answer["cursor"] == 1
+    assert answer["reset"] is False
+
+
+def test_get_messages_since_a_cursor_returns_only_later_changes(client):
+    for n in range(3):
+        post_message(client, text=f"message {n}")
+    client.post("/messages/1/like")
+    answer = client.get("/messages?since=3").get_json()
+    assert [m["id"] for m in answer["messages"]] == [1]
+    assert answer["messages"][0]["likes"] == 1
+    assert answer["cursor"] == 4
+
+
+def test_like_and_dislike_return_the_updated_message(client):
+    post_message(client)
+    assert client.post("/messages/1/like").get_json()["likes"] == 1
+    assert client.post("/messages/1/like").get_json()["likes"] == 2
+    disliked = client.post("/messages/1/dislike")
+    assert disliked.status_code == 200
+    assert (disliked.get_json()["likes"], disliked.get_json()["dislikes"]) == (2, 1)
+
+
+def test_a_stale_epoch_gets_everything_with_reset(client):
+    post_message(client)
+    answer = client.get("/messages?since=1&epoch=from-before-a-restart").get_json()
+    assert answer["reset"] is True
+    assert len(answer["messages"]) == 1
+    current = answer["epoch"]
+    assert client.get(f"/messages?since=1&epoch={current}").get_json()["reset"] is False
+
+
+def test_each_app_start_has_a_new_epoch():
+    first = create_app().test_client().get("/messages").get_json()["epoch"]
+    second = create_app().test_client().get("/messages").get_json()["epoch"]
+    assert first != second
+
+
+def test_long_poll_is_answered_when_another_client_posts(app, client):
+    poster = threading.Timer(0.3, lambda: app.test_client().post(
+        "/messages", json={"user": "Bo", "text": "wake up"}))
+    poster.start()
+    started = time.monotonic()
+    answer = client.get("/messages?since=0&wait=20").get_json()
+    elapsed = time.monotonic() - started
+    poster.join()
+    assert [m["text"] for m in answer["messages"]] == ["wake up"]
+    assert elapsed < 10  # answered by the change, not by the 20 s timeout
+
+
+def test_long_poll_with_nothing_new_answers_empty_when_wait_runs_out(client):
+    started = time.monotonic()
+    answer = client.get("/messages?since=0&wait=1").get_json()
+    assert answer["messages"] == []
+    assert time.monotonic() - started >= 0.9
+
+
+def test_long_poll_with_changes_already_waiting_answers_at_once(client):
+    post_message(client)
+    started = time.monotonic()
+    assert len(client.get("/messages?since=0&wait=20").get_json()["messages"]) == 1
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    "query, complaint",
+    [
+        ("since=-1", "since must be a whole number"),
+        ("since=abc", "since must be a whole number"),
+        ("since=1.5", "since must be a whole number"),
+        ("since=%D9%A3", "since must be a whole number"),  # an Arabic-Indic digit
+        ("wait=-1", "wait must be a whole number"),
+        ("wait=x", "wait must be a whole number"),
+        ("wait=31", "wait must be at most 30"),
+    ],
+)
+def test_bad_query_arguments_get_400_with_a_reason(client, query, complaint):
+    response = client.get(f"/messages?{query}")
+    assert response.status_code == 400
+    assert complaint in response.get_json()["error"]
+
+
+def test_max_wait_is_configurable(client):
+    app = create_app({"MAX_WAIT": 2})
+    assert app.test_client().get("/messages?wait=3").status_code == 400
+
+
+BAD_BODIES = [
+    ("not json", "not valid JSON"),
+    ('"a string"', "JSON object"),
+    ("[1, 2]", "JSON object"),
+    ("[" * 50000, "not valid JSON"),
+    ("{}", "is missing"),
+    ('{"user": "Azin"}', "Message (text) is missing"),
+    ('{"text": "Hello"}', "Name (user) is missing"),
+    ('{"user": "", "text": "Hello"}', "must not be empty"),
+    ('{"user": "   ", "text": "Hello"}', "must not be empty"),
+    ('{"user": "Azin", "text": "  "}', "must not be empty"),
+    ('{"user": 7, "text": "Hello"}', "must be text"),
+    ('{"user": "Azin", "text": ["Hello"]}', "must be text"),
+    ('{"user": "%s", "text": "Hello"}' % ("x" * 51), "too long"),
+    ('{"user": "Azin", "text": "%s"}' % ("x" * 1001), "too long"),
+]
+
+
+@pytest.mark.parametrize("body, complaint", BAD_BODIES)
+def test_bad_post_bodies_get_400_with_a_reason_and_change_nothing(client, store, body, complaint):
+    response = client.post("/messages", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert complaint in response.get_json()["error"]
+    assert store.cursor == 0
+
+
+def test_a_body_over_the_size_limit_gets_413_and_changes_nothing(client, store):
+    text = "x" * 70000
+    response = client.post("/messages", json={"user": "Azin", "text": text})
+    assert response.status_code == 413
+    assert "error" in response.get_json()
+    assert store.cursor == 0
+
+
+@pytest.mark.parametrize("vote", ["like", "dislike"])
+def test_voting_on_an_unknown_message_gets_404_and_changes_nothing(client, store, vote):
+    post_message(client)
+    response = client.post(f"/messages/2/{vote}")
+    assert response.status_code == 404
+    assert "no message with id 2" in response.get_json()["error"]
+    assert store.cursor == 1
+
+
+@pytest.mark.parametrize("path", ["/messages/abc/like", "/messages/-1/like", "/messages/1/love"])
+def test_malformed_vote_urls_get_a_json_404(client, path):
+    post_message(client)
+    response = client.post(path)
+    assert response.status_code == 404
+    assert "error" in response.get_json()
+
+
+def test_max_messages_caps_history(client):
+    capped = create_app({"MAX_MESSAGES": 2}).test_client()
+    for n in range(4):
+        capped.post("/messages", json={"user": "Azin", "text": f"message {n}"})
+    assert [m["id"] for m in capped.get("/messages").get_json()["messages"]] == [3, 4]
+
+
+def test_configuration_comes_from_flask_environment_variables(monkeypatch):
+    monkeypatch.setenv("FLASK_MAX_MESSAGES", "1")
+    monkeypatch.setenv("FLASK_MAX_WAIT", "5")
+    client = create_app().test_client()
+    client.post("/messages", json={"user": "Azin", "text": "one"})
+    client.post("/messages", json={"user": "Azin", "text": "two"})
+    assert [m["text"] for m in client.get("/messages").get_json()["messages"]] == ["two"]
+    assert client.get("/messages?wait=6").status_code == 400

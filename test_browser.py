@@ -1,0 +1,432 @@
+"""The chat as people use it: real servers, real Chromium, nothing mocked.
+
+Each simulated person gets a browser context of their own (their own storage
+and connections), so two contexts are two people chatting. Elements are found
+the way a person finds them: by their labels, roles and accessible names.
+
+The browser fixtures live here rather than in conftest.py because only these
+tests need Playwright: the other tests run without it.
+
+Without Chromium these tests are skipped, except on CI (CI=true), where a
+missing browser is an error: a green CI must mean the browser tests ran.
+"""
+
+import json
+import os
+import re
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+ON_CI = os.environ.get("CI") == "true"
+
+try:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    if ON_CI:
+        raise
+    pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt",
+                allow_module_level=True)
+
+# Debian's Chromium. Where it is missing, Playwright's own (`playwright install chromium`).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+CHAT_PAGES = ["/polling", "/websocket"]
+
+# After a restart a page retries with a growing delay (up to about 6 s), so
+# reconnecting may take longer than the few seconds anything else is given.
+RECONNECT_TIMEOUT = 20_000
+
+
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole test session."""
+    executable = CHROMIUM if Path(CHROMIUM).exists() else None
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except PlaywrightError as error:
+            first_line = str(error).splitlines()[0]
+            reason = f"Chromium would not start ({CHROMIUM} or Playwright's own): {first_line}"
+            if ON_CI:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        yield chromium
+        chromium.close()
+
+
+class PageOpener:
+    """Opens each page in a new browser context and records what goes wrong in it."""
+
+    def __init__(self, browser):
+        self.browser = browser
+        self.contexts = []
+        self.problems = []
+
+    def __call__(self, url, server_will_stop=False, **context_options):
+        """Open `url` as a new person; `context_options` set their time zone, locale, ..."""
+        context = self.browser.new_context(**context_options)
+        self.contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
+        page.on("console", lambda message: self._console(page, message, server_will_stop))
+        page.goto(url)
+        return page
+
+    def _console(self, page, message, server_will_stop):
+        # A server that is stopped on purpose makes the browser log its failed
+        # requests (net::ERR_CONNECTION_REFUSED, ...): expected, so not a problem.
+        if message.type != "error" or (server_will_stop and "net::ERR_" in message.text):
+            return
+        self.problems.append(f"{page.url}: console error: {message.text}")
+
+    def close(self):
+        """Close every page this opener opened."""
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def open_page(request, browser):
+    """Open pages as separate people; at the end, fail if any page had a JavaScript error."""
+    # Start the test's server first, so that it stops only after the pages are
+    # closed: a server that goes away under open pages makes them log errors.
+    for server in ("server", "flask_run"):
+        if server in request.fixturenames:
+            request.getfixturevalue(server)
+    opener = PageOpener(browser)
+    yield opener
+    problems = list(opener.problems)
+    opener.close()
+    assert problems == [], "JavaScript errors in the pages:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def open_chat(open_page):
+    """Open a chat page as a new person and wait until it is connected."""
+
+    def open_chat(url, **options):
+        page = open_page(url, **options)
+        expect(page.get_by_role("status")).to_have_text("connected")
+        return page
+
+    return open_chat
+
+
+# Helpers
+
+
+def send(page, user, text):
+    """Fill in the form as a person would and press Send."""
+    page.get_by_label("Name").fill(user)
+    # exact: so that "Message" matches only the field, whatever else contains the word.
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def messages(page):
+    """The page's shown messages."""
+    return page.get_by_role("list", name="Conversation").get_by_role("listitem")
+
+
+def message(page, text):
+    """The shown message whose text contains `text`."""
+    return messages(page).filter(has_text=text)
+
+
+def vote_button(item, name):
+    """A message's vote button by its whole name: "Like 2", not "Like 12" or "Dislike 2"."""
+    return item.get_by_role("button", name=name, exact=True)
+
+
+def post_message(base_url, user, text):
+    """Send a message with a plain HTTP POST, as curl would; return the stored message."""
+    request = urllib.request.Request(
+        base_url + "/messages",
+        data=json.dumps({"user": user, "text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def other_page(path):
+    """The chat page that `path` is not."""
+    return "/websocket" if path == "/polling" else "/polling"
+
+
+# Two people, two transports
+
+
+@pytest.mark.parametrize("sender_path", CHAT_PAGES)
+def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, sender_path):
+    sender = open_chat(server.url + sender_path)
+    reader = open_chat(server.url + other_page(sender_path))
+
+    send(sender, "Azin", f"Hello from {sender_path}")
+
+    for page in (sender, reader):
+        expect(message(page, f"Hello from {sender_path}")).to_contain_text("Azin")
+
+
+@pytest.mark.parametrize("voter_path", CHAT_PAGES)
+def test_likes_and_dislikes_clicked_on_one_page_update_the_counts_on_the_other(
+        server, open_chat, voter_path):
+    post_message(server.url, "Azin", "Tea or coffee?")
+    voter = open_chat(server.url + voter_path)
+    watcher = open_chat(server.url + other_page(voter_path))
+    on_voter, on_watcher = message(voter, "Tea or coffee?"), message(watcher, "Tea or coffee?")
+
+    vote_button(on_voter, "Like 0").click()
+    expect(vote_button(on_voter, "Like 1")).to_be_visible()
+    vote_button(on_voter, "Like 1").click()
+    expect(vote_button(on_voter, "Like 2")).to_be_visible()
+    vote_button(on_voter, "Dislike 0").click()
+
+    expect(vote_button(on_watcher, "Like 2")).to_be_visible()
+    expect(vote_button(on_watcher, "Dislike 1")).to_be_visible()
+    expect(vote_button(on_voter, "Dislike 1")).to_be_visible()
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_html_in_name_and_message_is_shown_as_typed_and_never_run(server, open_chat, path):
+    user = '<img src=x onerror="window.pwned=1">'
+    text = "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=1\"> <b>bold?</b>"
+    sender = open_chat(server.url + path)
+    reader = open_chat(server.url + other_page(path))
+
+    send(sender, user, text)
+
+    for page in (sender, reader):
+        shown = messages(page)
+        expect(shown).to_have_count(1)
+        expect(shown.get_by_text(user, exact=True)).to_be_visible()
+        expect(shown.get_by_text(text, exact=True)).to_be_visible()
+        for tag in ("img", "script", "b"):
+            expect(shown.locator(tag)).to_have_count(0)
+        assert page.evaluate("typeof window.pwned") == "undefined"
+
+
+def test_hello_page_shows_what_the_server_says(server, open_page):
+    page = open_page(server.url + "/hello")
+
+    expect(page.locator("#said")).to_have_text("Hello")
+
+
+# When things go wrong
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
+        flask_run, open_chat, path):
+    page = open_chat(flask_run.url + path, server_will_stop=True)
+    status = page.get_by_role("status")
+    send(page, "Azin", "Before the restart, one")
+    expect(messages(page)).to_have_count(1)
+    send(page, "Azin", "Before the restart, two")
+    expect(messages(page)).to_have_count(2)
+
+    flask_run.stop()
+    expect(status).to_have_text("reconnecting")
+    expect(status).to_have_attribute("data-state", "reconnecting")
+
+    # Same port, new process: a new empty store with a new epoch. Its message 1
+    # is not the old message 1, so the page must throw the old ones away.
+    flask_run.start()
+    post_message(flask_run.url, "Ben", "After the restart, one")
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(messages(page)).to_have_text([re.compile("After the restart, one")])
+
+    send(page, "Azin", "After the restart, two")
+    expect(messages(page)).to_have_text(
+        [re.compile("After the restart, one"), re.compile("After the restart, two")])
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_too_long_message_is_explained_and_kept_in_the_form(server, open_chat, path):
+    page = open_chat(server.url + path)
+    too_long = "a" * 1001
+
+    send(page, "Azin", too_long)
+
+    expect(page.get_by_role("alert")).to_contain_text("too long")
+    expect(page.get_by_label("Message", exact=True)).to_have_value(too_long)
+    assert server.get("/messages")["messages"] == []
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_sending_while_the_server_is_down_shows_an_error_and_keeps_the_text(
+        flask_run, open_chat, path):
+    page = open_chat(flask_run.url + path, server_will_stop=True)
+    flask_run.stop()
+    expect(page.get_by_role("status")).to_have_text("reconnecting")
+
+    send(page, "Azin", "Is anyone there?")
+
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible()
+    expect(alert).to_have_text(re.compile(r"\w"))
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Is anyone there?")
+
+
+@pytest.mark.parametrize("path", ["/", "/polling", "/websocket", "/hello"])
+def test_page_runs_without_javascript_errors(server, open_page, path):
+    page = open_page(server.url + path)
+
+    # Wait for each page to do what its script is for, so errors have had their chance.
+    if path == "/":
+        expect(page.get_by_role("link", name="WebSocket chat")).to_be_visible()
+    elif path == "/hello":
+        expect(page.locator("#said")).to_have_text("Hello")
+    else:
+        expect(page.get_by_role("status")).to_have_text("connected")
+        send(page, "Azin", "Anything broken?")
+        vote_button(message(page, "Anything broken?"), "Like 0").click()
+        expect(vote_button(message(page, "Anything broken?"), "Like 1")).to_be_visible()
+    assert open_page.problems == []
+
+
+# Usability
+
+
+def test_next_message_typed_while_the_last_is_on_its_way_is_kept(server, open_chat):
+    # Only the polling page waits for an answer to what it sends: POST /messages.
+    page = open_chat(server.url + "/polling")
+    posts_on_their_way = []  # held back here until the test lets them go
+    page.route(lambda url: url.endswith("/messages"),
+               lambda route: posts_on_their_way.append(route))
+    send(page, "Azin", "First")
+    for _ in range(250):  # up to 5 s, until the browser has sent the POST
+        if posts_on_their_way:
+            break
+        page.wait_for_timeout(20)
+    assert posts_on_their_way, "the page sent no POST /messages"
+
+    page.get_by_label("Message", exact=True).fill("Second, typed meanwhile")
+    posts_on_their_way[0].continue_()
+
+    expect(message(page, "First")).to_be_visible()
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Second, typed meanwhile")
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_name_is_remembered_after_a_reload(server, open_chat, path):
+    page = open_chat(server.url + path)
+    send(page, "Azin", "Remember me")
+    expect(message(page, "Remember me")).to_be_visible()
+
+    page.reload()
+
+    expect(page.get_by_label("Name")).to_have_value("Azin")
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_enter_in_the_message_field_sends_the_message(server, open_chat, path):
+    page = open_chat(server.url + path)
+    page.get_by_label("Name").fill("Azin")
+    field = page.get_by_label("Message", exact=True)
+    field.fill("Sent with Enter")
+
+    field.press("Enter")
+
+    expect(message(page, "Sent with Enter")).to_be_visible()
+    expect(field).to_have_value("")
+
+
+def list_scroll(page):
+    """The message list's scrollTop, clientHeight and scrollHeight."""
+    return page.get_by_role("list", name="Conversation").evaluate(
+        "list => ({top: list.scrollTop, height: list.clientHeight, content: list.scrollHeight})")
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_list_follows_new_messages_when_the_reader_is_at_the_bottom(server, open_chat, path):
+    page = open_chat(server.url + path)
+
+    for number in range(1, 31):
+        post_message(server.url, "Azin", f"Line {number:02}")
+
+    expect(message(page, "Line 30")).to_be_in_viewport()
+    scroll = list_scroll(page)
+    assert scroll["content"] > scroll["height"], "the messages should overflow the list"
+    assert scroll["top"] + scroll["height"] >= scroll["content"] - 2
+    expect(message(page, "Line 01")).not_to_be_in_viewport()
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_list_stays_put_when_the_reader_has_scrolled_up(server, open_chat, path):
+    for number in range(1, 31):
+        post_message(server.url, "Azin", f"Line {number:02}")
+    page = open_chat(server.url + path)
+    expect(message(page, "Line 30")).to_be_in_viewport()
+
+    page.get_by_role("list", name="Conversation").evaluate("list => { list.scrollTop = 0; }")
+    post_message(server.url, "Ben", "A new one while Azin reads")
+
+    expect(message(page, "A new one while Azin reads")).to_be_attached()
+    expect(message(page, "Line 01")).to_be_in_viewport()
+    assert list_scroll(page)["top"] == 0
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_message_time_is_shown_in_the_readers_time_zone(server, open_chat, path):
+    stored = post_message(server.url, "Azin", "What time is it?")
+
+    page = open_chat(server.url + path, timezone_id="Asia/Tokyo", locale="en-US")
+
+    tokyo = timezone(timedelta(hours=9))  # Japan has no daylight saving time
+    local = datetime.fromisoformat(stored["timestamp"]).astimezone(tokyo)
+    shown = f"{local.hour % 12 or 12}:{local:%M:%S} {'AM' if local.hour < 12 else 'PM'}"
+    expect(message(page, "What time is it?").locator("time")).to_have_text(shown)
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_form_fields_are_labelled_and_new_messages_are_announced(server, open_chat, path):
+    page = open_chat(server.url + path)
+
+    expect(page.get_by_label("Name")).to_be_editable()
+    expect(page.get_by_label("Message", exact=True)).to_be_editable()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    expect(page.get_by_role("list", name="Conversation")).to_have_attribute("aria-live", "polite")
+    expect(page.get_by_role("status")).to_have_attribute("data-state", "connected")
+
+
+# History and plain HTTP
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_reloading_shows_the_history_with_its_counts(server, open_chat, path):
+    for text in ("First", "Second", "Third"):
+        post_message(server.url, "Azin", text)
+    page = open_chat(server.url + path)
+    expect(messages(page)).to_have_text(
+        [re.compile("First"), re.compile("Second"), re.compile("Third")])
+    vote_button(message(page, "Second"), "Like 0").click()
+    expect(vote_button(message(page, "Second"), "Like 1")).to_be_visible()
+
+    page.reload()
+
+    expect(messages(page)).to_have_text(
+        [re.compile("First"), re.compile("Second"), re.compile("Third")])
+    expect(vote_button(message(page, "Second"), "Like 1")).to_be_visible()
+
+
+def test_message_posted_over_http_appears_on_both_pages_without_reload(server, open_chat):
+    pages = [open_chat(server.url + path) for path in CHAT_PAGES]
+
+    stored = server.post("/messages", {"user": "curl", "text": "Hello from the command line"})
+    server.post(f"/messages/{stored['id']}/like")
+
+    for page in pages:
+        shown = message(page, "Hello from the command line")
+        expect(shown).to_contain_text("curl")
+        expect(vote_button(shown, "Like 1")).to_be_visible()

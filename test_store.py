@@ -1,0 +1,172 @@
+"""Unit tests of the store alone: no Flask, no sockets."""
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from store import Store
+
+
+def test_new_store_is_empty_at_cursor_zero():
+    store = Store()
+    assert store.since(0) == {"messages": [], "cursor": 0, "epoch": store.epoch, "reset": False}
+
+
+def test_messages_get_ids_in_order_and_each_change_moves_the_cursor_by_one():
+    store = Store()
+    first = store.add("Azin", "Hello!")
+    second = store.add("Bo", "Hi")
+    assert (first["id"], second["id"]) == (1, 2)
+    assert store.cursor == 2
+    store.like(1)
+    store.dislike(2)
+    assert store.cursor == 4
+
+
+def test_a_message_has_the_contracts_fields_and_a_utc_timestamp():
+    message = Store().add("  Azin ", " Hello! ")
+    assert set(message) == {"id", "user", "text", "timestamp", "likes", "dislikes"}
+    assert (message["user"], message["text"], message["likes"], message["dislikes"]) == (
+        "Azin", "Hello!", 0, 0)
+    stored_at = datetime.fromisoformat(message["timestamp"])
+    assert stored_at.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(timezone.utc) - stored_at).total_seconds()) < 5
+
+
+def test_since_returns_only_what_changed_after_the_cursor_in_id_order():
+    store = Store()
+    for n in range(5):
+        store.add("Azin", f"message {n}")
+    store.like(4)
+    store.like(2)  # changed after 4, but still listed after it by id
+    answer = store.since(5)
+    assert [m["id"] for m in answer["messages"]] == [2, 4]
+    assert answer["cursor"] == 7
+
+
+def test_since_lists_a_message_changed_many_times_once_in_its_current_state():
+    store = Store()
+    store.add("Azin", "Hello!")
+    for _ in range(3):
+        store.like(1)
+    store.dislike(1)
+    assert store.since(0)["messages"] == [store.since(4)["messages"][0]]
+    assert store.since(0)["messages"][0]["likes"] == 3
+    assert store.since(0)["messages"][0]["dislikes"] == 1
+
+
+def test_since_at_the_latest_cursor_is_empty():
+    store = Store()
+    store.add("Azin", "Hello!")
+    assert store.since(store.cursor)["messages"] == []
+
+
+def test_answers_are_copies_that_later_changes_do_not_alter():
+    store = Store()
+    store.add("Azin", "Hello!")
+    before = store.since(0)["messages"][0]
+    store.like(1)
+    assert before["likes"] == 0
+
+
+def test_another_epoch_gets_everything_with_reset():
+    store = Store()
+    store.add("Azin", "Hello!")
+    store.add("Bo", "Hi")
+    answer = store.since(2, epoch="an-old-epoch")
+    assert answer["reset"] is True
+    assert [m["id"] for m in answer["messages"]] == [1, 2]
+    assert store.since(2, epoch=store.epoch)["reset"] is False
+
+
+def test_a_cursor_the_store_never_gave_out_gets_everything_with_reset():
+    store = Store()
+    store.add("Azin", "Hello!")
+    answer = store.since(99)
+    assert answer["reset"] is True
+    assert len(answer["messages"]) == 1
+
+
+def test_each_store_has_its_own_epoch():
+    assert Store().epoch != Store().epoch
+
+
+def test_history_is_capped_and_the_oldest_messages_are_dropped():
+    store = Store(max_messages=3)
+    for n in range(5):
+        store.add("Azin", f"message {n}")
+    assert [m["id"] for m in store.since(0)["messages"]] == [3, 4, 5]
+    with pytest.raises(KeyError):
+        store.like(1)
+    assert store.add("Azin", "more")["id"] == 6  # ids are never reused
+
+
+def test_liking_an_unknown_message_raises_key_error_and_changes_nothing():
+    store = Store()
+    with pytest.raises(KeyError):
+        store.like(1)
+    with pytest.raises(KeyError):
+        store.dislike(1)
+    assert store.cursor == 0
+
+
+@pytest.mark.parametrize(
+    "user, text, complaint",
+    [
+        ("", "Hello", "must not be empty"),
+        ("   ", "Hello", "must not be empty"),
+        ("Azin", "", "must not be empty"),
+        ("Azin", " \n ", "must not be empty"),
+        ("x" * 51, "Hello", "too long"),
+        ("Azin", "x" * 1001, "too long"),
+        (None, "Hello", "is missing"),
+        (["Azin"], "Hello", "must be text"),
+        ("Azin", 42, "must be text"),
+    ],
+)
+def test_invalid_messages_raise_value_error_and_change_nothing(user, text, complaint):
+    store = Store()
+    with pytest.raises(ValueError, match=complaint):
+        store.add(user, text)
+    assert store.cursor == 0
+    assert store.since(0)["messages"] == []
+
+
+def test_limits_are_counted_after_trimming():
+    store = Store()
+    assert store.add(" " + "x" * 50 + " ", " " + "y" * 1000 + " ")["id"] == 1
+
+
+def test_wait_returns_as_soon_as_something_changes():
+    store = Store()
+    threading.Timer(0.2, store.add, ("Azin", "Hello!")).start()
+    started = time.monotonic()
+    assert store.wait(0, timeout=10) is True
+    assert time.monotonic() - started < 5
+
+
+def test_wait_gives_up_after_the_timeout_when_nothing_changes():
+    assert Store().wait(0, timeout=0.1) is False
+
+
+def test_concurrent_adds_from_many_threads_lose_nothing():
+    store = Store()
+    threads_count, per_thread = 8, 250
+
+    def add_many(name):
+        for n in range(per_thread):
+            store.add(name, f"{name} {n}")
+
+    threads = [threading.Thread(target=add_many, args=(f"user{t}",)) for t in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    messages = store.since(0)["messages"]
+    total = threads_count * per_thread
+    assert store.cursor == total
+    assert [m["id"] for m in messages] == list(range(1, total + 1))
+    assert len({m["text"] for m in messages}) == total
