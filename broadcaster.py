@@ -3,22 +3,26 @@
 One thread, the broadcaster, waits on the store just like a long-polling
 client. When something changes it builds one frame and hands the same bytes to
 every subscriber. Sending never blocks: bytes that a client can't take yet wait
-in its queue, and a client that falls too far behind is disconnected. It comes
+in its queue, and a client that stops taking them is disconnected. It comes
 back with its cursor and misses nothing.
 """
 
 import json
 import socket
 import threading
+import time
 
 from wsproto.frame_protocol import FrameProtocol
 
 # A client that stops reading first fills the kernel's buffers (a few MB on
-# Linux), then this much of our queue, and then we hang up on it.
-MAX_QUEUED_BYTES = 1024 * 1024
+# Linux), then our queue. When it has taken nothing for this long, we hang up.
+# (Not a limit on the queue's size: one frame of a long history can be MBs.)
+STALL_SECONDS = 5
 
-# While some client has bytes waiting, try it again this often (seconds).
+# While some client has bytes waiting, try again this often (seconds). When no
+# one is behind, still look this often: a long first frame may have left bytes.
 RETRY_INTERVAL = 0.02
+IDLE_INTERVAL = 0.5
 
 # Windows has no MSG_DONTWAIT: there, sends block and a stalled client slows the others.
 DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -58,7 +62,7 @@ class Broadcaster:
         cursor = self.store.cursor
         someone_behind = False
         while True:
-            self.store.wait(cursor, timeout=RETRY_INTERVAL if someone_behind else None)
+            self.store.wait(cursor, timeout=RETRY_INTERVAL if someone_behind else IDLE_INTERVAL)
             answer = self.store.since(cursor)
             # Encoded once: a server's frames are not masked, so every client gets the same bytes.
             shared_frame = encode_text_frame(messages_frame(answer))
@@ -82,6 +86,7 @@ class Subscriber:
     def __init__(self, ws, cursor):
         self.cursor = cursor
         self.queued = bytearray()
+        self.last_progress = time.monotonic()
         self._ws = ws
         self._socket = ws.sock
         self._lock = threading.Lock()
@@ -111,15 +116,19 @@ class Subscriber:
     def send(self, data):
         """Queue bytes and push out as many as the socket takes now (the socket interface)."""
         with self._lock:
+            if not self.queued:
+                self.last_progress = time.monotonic()
             self.queued += data
             try:
                 sent = self._socket.send(self.queued, DONT_WAIT) if self.queued else 0
-                del self.queued[:sent]
             except BlockingIOError:
-                pass
+                sent = 0
             except OSError:
-                self.queued.clear()  # the connection is gone; its reader thread ends it
-            if len(self.queued) > MAX_QUEUED_BYTES:
+                sent = len(self.queued)  # the connection is gone; its reader thread ends it
+            del self.queued[:sent]
+            if sent:
+                self.last_progress = time.monotonic()
+            elif self.queued and time.monotonic() - self.last_progress > STALL_SECONDS:
                 self.queued.clear()
                 self._hang_up()
         return len(data)
@@ -154,7 +163,7 @@ class Subscriber:
 
 def messages_frame(answer):
     """Return the JSON text of a `messages` frame holding a `Store.since()` answer."""
-    return json.dumps({"command": "messages", **answer})
+    return json.dumps({"command": "messages", **answer}, ensure_ascii=False)
 
 
 def encode_text_frame(text):

@@ -52,6 +52,8 @@ class LiveServer:
 
     def connect(self, path="/ws", **options):
         """Open a real WebSocket client (python-websockets) to `path`; it is closed by `stop()`."""
+        # Like a browser, accept frames of any size: one frame may hold a long history.
+        options.setdefault("max_size", None)
         return self.clients.enter_context(connect(f"ws://127.0.0.1:{self.port}{path}", **options))
 
     def get(self, path):

@@ -1,0 +1,214 @@
+"""Slow, hostile and numerous clients, against a real server."""
+
+import json
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from app import create_app
+from conftest import FlaskRun, LiveServer, free_port, raw_websocket, receive_json, receive_until
+
+
+def wait_until(condition, timeout=20):
+    """Poll `condition` until it holds; fail the test if it doesn't within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def read_first_frame(raw):
+    """Read the first `messages` frame from a raw socket (a server frame is not masked)."""
+    header = raw.recv(2, socket.MSG_WAITALL)
+    length = header[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(raw.recv(2, socket.MSG_WAITALL), "big")
+    elif length == 127:
+        length = int.from_bytes(raw.recv(8, socket.MSG_WAITALL), "big")
+    return json.loads(raw.recv(length, socket.MSG_WAITALL))
+
+
+class Reader:
+    """A client that reads normally, in its own thread, and notes when each message arrives."""
+
+    def __init__(self, server):
+        self.ws = server.connect(max_queue=None)
+        self.cursor = receive_json(self.ws)["cursor"]
+        self.arrivals = {}  # text -> time.monotonic() when it arrived
+        self.ids = []
+        self.cursors = [self.cursor]
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        try:
+            for frame in self.ws:
+                answer = json.loads(frame)
+                self.cursors.append(answer["cursor"])
+                for message in answer["messages"]:
+                    self.arrivals[message["text"]] = time.monotonic()
+                    self.ids.append(message["id"])
+        except ConnectionClosed:
+            pass  # the test is over and the server is gone; the test checks what arrived
+
+    def assert_got_each_message_once_in_order(self, count):
+        """Wait for `count` messages; fail unless they came in order, once each, with growing cursors."""
+        wait_until(lambda: len(self.ids) >= count)
+        assert self.ids == list(range(1, count + 1))
+        assert self.cursors == sorted(set(self.cursors))
+
+
+@pytest.mark.parametrize("stalled_count", [1, 20])
+def test_clients_that_stop_reading_delay_no_one_are_dropped_and_miss_nothing_on_return(
+        server, store, broadcaster, stalled_count):
+    # A small receive buffer, so the stalled clients' buffers fill sooner.
+    stalled = [raw_websocket(server.port, receive_buffer=4096) for _ in range(stalled_count)]
+    first_frames = [read_first_frame(raw) for raw in stalled]
+    readers = [Reader(server) for _ in range(3)]
+    wait_until(lambda: len(broadcaster.subscribers) == stalled_count + 3)
+
+    # About 8 MB of chat: more than the kernel and our queue hold for a stalled client.
+    sent_at = {}
+    for n in range(8000):
+        text = f"{n:05} " + "x" * 990
+        sent_at[text] = time.monotonic()
+        store.add("flood", text)
+        if n % 200 == 0:
+            time.sleep(0.01)  # a busy chat, not a single instant
+
+    for reader in readers:
+        reader.assert_got_each_message_once_in_order(len(sent_at))
+        worst_delay = max(reader.arrivals[text] - sent_at[text] for text in sent_at)
+        assert worst_delay < 2, f"a reading client waited {worst_delay:.2f} s behind stalled ones"
+    # The stalled clients were hung up on; the readers never were.
+    wait_until(lambda: len(broadcaster.subscribers) == 3)
+
+    # A stalled client that comes back with its cursor gets everything it missed.
+    first = first_frames[0]
+    back = server.connect(f"/ws?since={first['cursor']}&epoch={first['epoch']}", max_queue=None)
+    answer = receive_json(back)
+    assert answer["reset"] is False
+    assert [m["id"] for m in answer["messages"]] == list(range(1, len(sent_at) + 1))
+    for raw in stalled:
+        raw.close()
+
+
+def test_clients_reading_normally_through_a_burst_are_never_dropped(server, broadcaster):
+    readers = [Reader(server) for _ in range(20)]
+    total = 2000
+
+    def post_many(offset):
+        for n in range(offset, total, 4):
+            server.post("/messages", {"user": "burst", "text": f"{n} " + "y" * 500})
+
+    posters = [threading.Thread(target=post_many, args=(offset,)) for offset in range(4)]
+    for poster in posters:
+        poster.start()
+    for poster in posters:
+        poster.join()
+    for reader in readers:
+        reader.assert_got_each_message_once_in_order(total)
+    assert len(broadcaster.subscribers) == 20
+
+
+def test_frames_to_one_socket_never_interleave_when_many_threads_write_at_once(server_with_pings):
+    server = server_with_pings
+    ws = server.connect(max_queue=None)
+    receive_json(ws)
+    bad_frames, total = 300, 1000
+
+    def post_many(offset):
+        for n in range(offset, total, 4):
+            server.app.extensions["chat_store"].add("poster", f"m{n}")
+
+    posters = [threading.Thread(target=post_many, args=(offset,)) for offset in range(4)]
+    for poster in posters:
+        poster.start()
+    # Meanwhile the route thread answers bad frames on the same socket, and
+    # simple-websocket's own thread sends pings and answers ours.
+    for n in range(bad_frames):
+        ws.send("not json")
+        if n % 50 == 0:
+            ws.ping()
+    for poster in posters:
+        poster.join()
+
+    errors, ids, cursor = 0, [], 0
+    while len(ids) < total or errors < bad_frames:
+        frame = receive_json(ws)  # python-websockets fails on any corrupted frame
+        if frame["command"] == "error":
+            errors += 1
+        else:
+            assert frame["cursor"] > cursor
+            cursor = frame["cursor"]
+            ids += [m["id"] for m in frame["messages"]]
+    assert errors == bad_frames
+    assert ids == list(range(1, total + 1))
+
+
+@pytest.fixture
+def server_with_pings():
+    """A live server that pings every 0.2 s, so silent peers are found quickly."""
+    app = create_app({"SOCK_SERVER_OPTIONS": {"max_message_size": 65536, "ping_interval": 0.2}})
+    live = LiveServer(app)
+    yield live
+    live.stop()
+
+
+def test_peers_that_never_answer_pings_are_closed_and_leave_nothing_behind(server_with_pings):
+    broadcaster = server_with_pings.app.extensions["chat_broadcaster"]
+    warm_up = server_with_pings.connect()
+    receive_json(warm_up)
+    threads_before = threading.active_count()
+    silent = [raw_websocket(server_with_pings.port) for _ in range(10)]
+    wait_until(lambda: len(broadcaster.subscribers) == 11)
+    # The raw sockets never answer a ping: after a ping interval or two they're closed.
+    wait_until(lambda: len(broadcaster.subscribers) == 1)
+    for raw in silent:
+        raw.settimeout(5)
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk  # the first frame and pings, then the server hangs up
+        raw.close()
+    wait_until(lambda: threading.active_count() <= threads_before)
+    # The live client answers pings (python-websockets does) and is still served.
+    server_with_pings.post("/messages", {"user": "Azin", "text": "still here"})
+    assert [m["text"] for m in receive_json(warm_up)["messages"]] == ["still here"]
+
+
+def rss_kb(pid):
+    """The resident memory of process `pid`, in kB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the memory use from /proc")
+def test_memory_stays_flat_once_max_messages_is_reached():
+    running = FlaskRun(free_port(), env={"FLASK_MAX_MESSAGES": "1000"})
+    running.start()
+    try:
+        with connect(f"ws://127.0.0.1:{running.port}/ws", max_queue=None, max_size=None) as ws:
+            receive_json(ws)
+
+            def chat(count, offset):
+                for n in range(count):
+                    ws.send(json.dumps({"command": "send-message", "message": {
+                        "user": "Azin", "text": f"{offset + n} " + "z" * 900}}))
+                receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == offset + count,
+                              timeout=60)
+
+            chat(3000, 0)  # past the cap, and warmed up
+            before = rss_kb(running.process.pid)
+            chat(20000, 3000)  # about 20 MB of text, all of it beyond the cap
+            after = rss_kb(running.process.pid)
+        assert after - before < 5000, f"RSS grew from {before} kB to {after} kB"
+    finally:
+        running.stop()
