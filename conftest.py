@@ -104,6 +104,20 @@ def receive_until(ws, predicate, timeout=10):
     return frames
 
 
+def wait_until(condition, timeout=20):
+    """Poll `condition` until it holds; fail the test if it doesn't within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def server_threads():
+    """How many threads serve connections: werkzeug's, one per request, and simple-websocket's readers."""
+    return sum("process_request" in thread.name or "simple_websocket" in thread.name
+               for thread in threading.enumerate())
+
+
 def free_port():
     """Return a TCP port that nothing listens on right now."""
     with socket.socket() as probe:

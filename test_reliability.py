@@ -11,15 +11,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import FlaskRun, LiveServer, free_port, raw_websocket, receive_json, receive_until
-
-
-def wait_until(condition, timeout=20):
-    """Poll `condition` until it holds; fail the test if it doesn't within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from conftest import (FlaskRun, LiveServer, free_port, raw_websocket, receive_json, receive_until,
+                      server_threads, wait_until)
 
 
 def read_first_frame(raw):
@@ -164,7 +157,7 @@ def test_peers_that_never_answer_pings_are_closed_and_leave_nothing_behind(serve
     broadcaster = server_with_pings.app.extensions["chat_broadcaster"]
     warm_up = server_with_pings.connect()
     receive_json(warm_up)
-    threads_before = threading.active_count()
+    threads_before = server_threads()
     silent = [raw_websocket(server_with_pings.port) for _ in range(10)]
     wait_until(lambda: len(broadcaster.subscribers) == 11)
     # The raw sockets never answer a ping: after a ping interval or two they're closed.
@@ -175,7 +168,7 @@ def test_peers_that_never_answer_pings_are_closed_and_leave_nothing_behind(serve
         while chunk := raw.recv(65536):
             received += chunk  # the first frame and pings, then the server hangs up
         raw.close()
-    wait_until(lambda: threading.active_count() <= threads_before)
+    wait_until(lambda: server_threads() <= threads_before)
     # The live client answers pings (python-websockets does) and is still served.
     server_with_pings.post("/messages", {"user": "Azin", "text": "still here"})
     assert [m["text"] for m in receive_json(warm_up)["messages"]] == ["still here"]

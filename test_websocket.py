@@ -8,15 +8,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import raw_websocket, receive_json, receive_until
-
-
-def wait_until(condition, timeout=10):
-    """Poll `condition` until it holds; fail the test if it doesn't within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+from conftest import raw_websocket, receive_json, receive_until, server_threads, wait_until
 
 
 def texts(frames):
@@ -261,7 +253,7 @@ def test_closed_and_vanished_sockets_leave_the_registry_and_leave_no_threads(ser
     receive_json(warm_up)
     warm_up.close()
     wait_until(lambda: not broadcaster.subscribers)
-    threads_before = threading.active_count()
+    threads_before = server_threads()
     for n in range(200):
         ws = server.connect()
         receive_json(ws)
@@ -269,9 +261,8 @@ def test_closed_and_vanished_sockets_leave_the_registry_and_leave_no_threads(ser
             ws.close()  # a polite close frame
         else:
             ws.socket.close()  # vanishes: no close frame at all
-    wait_until(lambda: not broadcaster.subscribers, timeout=20)
-    # Our clients' reader threads and the server's threads both wind down.
-    wait_until(lambda: threading.active_count() <= threads_before, timeout=20)
+    wait_until(lambda: not broadcaster.subscribers)
+    wait_until(lambda: server_threads() <= threads_before)
     server.post("/messages", {"user": "Azin", "text": "anyone?"})
     ws = server.connect()
     assert texts([receive_json(ws)]) == ["anyone?"]
