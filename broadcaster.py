@@ -89,6 +89,10 @@ class Subscriber:
         self.last_progress = time.monotonic()
         self._ws = ws
         self._socket = ws.sock
+        # werkzeug leaves Nagle's algorithm on, which holds a small frame back
+        # until the client acknowledges the one before (up to 40 ms). Frames
+        # are whole messages: send each at once.
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._lock = threading.Lock()
         # simple-websocket's own thread writes pongs and close frames with a
         # blocking `ws.sock.send()`. Standing in for its socket routes those
