@@ -4,8 +4,8 @@ Nothing here knows about Flask or sockets, so it can be tested alone. `app.py`
 turns HTTP requests and WebSocket frames into calls to a `Store`.
 
 A Redis-backed store for several server processes can replace this one as long
-as it offers the same five things: `epoch`, `add`, `like`/`dislike`, `since`
-and `wait`.
+as it offers the same interface: `epoch`, `cursor`, `add`, `like`, `dislike`,
+`since` and `wait`.
 """
 
 import secrets
