@@ -115,6 +115,10 @@ def _checked(value, name, limit):
         raise ValueError(f"{name} is missing.")
     if not isinstance(value, str):
         raise ValueError(f"{name} must be text.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" decodes to half a character, which can't be sent on
+        raise ValueError(f"{name} contains an invalid character (half of a surrogate pair).") from None
     value = value.strip()
     if not value:
         raise ValueError(f"{name} must not be empty.")

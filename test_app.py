@@ -146,6 +146,7 @@ BAD_BODIES = [
     ('{"user": "Azin", "text": ["Hello"]}', "must be text"),
     ('{"user": "%s", "text": "Hello"}' % ("x" * 51), "too long"),
     ('{"user": "Azin", "text": "%s"}' % ("x" * 1001), "too long"),
+    ('{"user": "\\udc00", "text": "Hello"}', "invalid character"),
 ]
 
 

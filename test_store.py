@@ -124,6 +124,7 @@ def test_liking_an_unknown_message_raises_key_error_and_changes_nothing():
         (None, "Hello", "is missing"),
         (["Azin"], "Hello", "must be text"),
         ("Azin", 42, "must be text"),
+        ("Azin", "half a character: \ud800", "invalid character"),
     ],
 )
 def test_invalid_messages_raise_value_error_and_change_nothing(user, text, complaint):

@@ -101,6 +101,8 @@ BAD_FRAMES = [
     ('{"command": "send-message", "message": {"user": "", "text": "Hi"}}', "must not be empty"),
     ('{"command": "send-message", "message": {"user": "Azin", "text": "%s"}}' % ("x" * 1001),
      "too long"),
+    ('{"command": "send-message", "message": {"user": "Azin", "text": "\\ud800"}}',
+     "invalid character"),
     ('{"command": "like"}', "id must be a message id"),
     ('{"command": "like", "id": "1"}', "id must be a message id"),
     ('{"command": "like", "id": true}', "id must be a message id"),
