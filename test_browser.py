@@ -72,20 +72,22 @@ class PageOpener:
         self.contexts = []
         self.problems = []
 
-    def __call__(self, url, server_will_stop=False, **context_options):
+    def __call__(self, url, network_errors_expected=False, **context_options):
         """Open `url` as a new person; `context_options` set their time zone, locale, ..."""
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
-        page.on("console", lambda message: self._console(page, message, server_will_stop))
+        page.on("console", lambda message: self._console(page, message, network_errors_expected))
         page.goto(url)
         return page
 
-    def _console(self, page, message, server_will_stop):
-        # A server that is stopped on purpose makes the browser log its failed
-        # requests (net::ERR_CONNECTION_REFUSED, ...): expected, so not a problem.
-        if message.type != "error" or (server_will_stop and "net::ERR_" in message.text):
+    def _console(self, page, message, network_errors_expected):
+        # The browser logs failed requests as console errors: when the server is
+        # stopped on purpose (net::ERR_CONNECTION_REFUSED, ...), or answers a
+        # request with an error on purpose. Those are expected, not problems.
+        network_error = "net::ERR_" in message.text or "Failed to load resource" in message.text
+        if message.type != "error" or (network_errors_expected and network_error):
             return
         self.problems.append(f"{page.url}: console error: {message.text}")
 
@@ -228,7 +230,7 @@ def test_hello_page_shows_what_the_server_says(server, open_page):
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, server_will_stop=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True)
     status = page.get_by_role("status")
     send(page, "Azin", "Before the restart, one")
     expect(messages(page)).to_have_count(1)
@@ -264,9 +266,26 @@ def test_too_long_message_is_explained_and_kept_in_the_form(server, open_chat, p
 
 
 @pytest.mark.parametrize("path", CHAT_PAGES)
+def test_a_message_the_server_refuses_is_explained_and_kept_in_the_form(server, open_chat, path):
+    page = open_chat(server.url + path, network_errors_expected=True)  # the POST gets a 400
+    page.get_by_label("Name").fill("Azin")
+    field = page.get_by_label("Message", exact=True)
+    # Half of a surrogate pair passes the page's own length check, but not the
+    # server's: so the refusal has to come back from the server. (Set from
+    # JavaScript, because such a string can't travel as UTF-8 to the browser.)
+    field.evaluate("field => { field.value = 'half a character: \\ud800'; }")
+
+    page.get_by_role("button", name="Send").click()
+
+    expect(page.get_by_role("alert")).to_contain_text("invalid character")
+    assert field.evaluate("field => field.value === 'half a character: \\ud800'")
+    assert server.get("/messages")["messages"] == []
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
 def test_sending_while_the_server_is_down_shows_an_error_and_keeps_the_text(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, server_will_stop=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True)
     flask_run.stop()
     expect(page.get_by_role("status")).to_have_text("reconnecting")
 
