@@ -65,7 +65,9 @@ class Broadcaster:
             self.store.wait(cursor, timeout=RETRY_INTERVAL if someone_behind else IDLE_INTERVAL)
             answer = self.store.since(cursor)
             # Encoded once: a server's frames are not masked, so every client gets the same bytes.
-            shared_frame = encode_text_frame(messages_frame(answer))
+            # (Not when the wait only timed out: then no one is sent a frame.)
+            if answer["cursor"] != cursor:
+                shared_frame = encode_text_frame(messages_frame(answer))
             with self.lock:
                 for subscriber in self.subscribers:
                     if subscriber.cursor == answer["cursor"]:
