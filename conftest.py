@@ -20,10 +20,15 @@ from app import create_app
 PROJECT = Path(__file__).parent
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "config(**settings): settings for the test's app")
+
+
 @pytest.fixture
-def app():
-    """A fresh app with an empty store."""
-    return create_app({"TESTING": True})
+def app(request):
+    """A fresh app with an empty store; a test changes its settings with @pytest.mark.config(KEY=value)."""
+    settings = request.node.get_closest_marker("config")
+    return create_app({"TESTING": True, **(settings.kwargs if settings else {})})
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def client(app):
 @pytest.fixture
 def store(app):
     """The app's store, to look at what requests changed."""
-    return app.extensions["chat_store"]
+    return app.extensions["chat"].store
 
 
 class LiveServer:
@@ -170,7 +175,7 @@ def flask_run():
 @pytest.fixture
 def broadcaster(app):
     """The app's broadcaster, to look at its registry of sockets."""
-    return app.extensions["chat_broadcaster"]
+    return app.extensions["chat"].broadcaster
 
 
 def raw_websocket(port, path="/ws", receive_buffer=None):

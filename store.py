@@ -3,15 +3,16 @@
 Nothing here knows about Flask or sockets, so it can be tested alone. `app.py`
 turns HTTP requests and WebSocket frames into calls to a `Store`.
 
-A Redis-backed store for several server processes can replace this one as long
-as it offers the same interface: `epoch`, `cursor`, `add`, `like`, `dislike`,
-`since` and `wait`.
+`redis_store.py` offers the same interface for several server processes:
+`epoch`, `cursor`, `add`, `like`, `dislike`, `since`, `before` and `wait`.
 """
 
 import secrets
 import threading
+import unicodedata
 from collections import OrderedDict
 from datetime import datetime, timezone
+from itertools import islice
 
 MAX_USER = 50
 MAX_TEXT = 1000
@@ -20,11 +21,12 @@ MAX_TEXT = 1000
 class Store:
     """An in-memory chat history that remembers the order in which things changed."""
 
-    def __init__(self, max_messages=10000):
+    def __init__(self, max_messages=10000, page_size=200):
         # A new random epoch on every start tells clients that the ids and the
         # cursor they hold belong to a store that no longer exists.
         self.epoch = secrets.token_hex(8)
         self.max_messages = max_messages
+        self.page_size = page_size
         self.cursor = 0
         self._next_id = 1
         # message id -> message, oldest first, so the oldest is dropped in O(1).
@@ -37,17 +39,10 @@ class Store:
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""
-        user = _checked(user, "Name (user)", MAX_USER)
-        text = _checked(text, "Message (text)", MAX_TEXT)
+        user = checked_text(user, "Name (user)", MAX_USER)
+        text = checked_text(text, "Message (text)", MAX_TEXT)
         with self._changes:
-            message = {
-                "id": self._next_id,
-                "user": user,
-                "text": text,
-                "timestamp": _now(),
-                "likes": 0,
-                "dislikes": 0,
-            }
+            message = new_message(self._next_id, user, text)
             self._next_id += 1
             self._messages[message["id"]] = message
             if len(self._messages) > self.max_messages:
@@ -68,26 +63,43 @@ class Store:
         """Return the answer to "what changed after `cursor`?", in the contract's shape.
 
         Each message that is new or changed after `cursor` appears once, in its
-        current state, in id order. If `epoch` names another life of the store,
-        or `cursor` is one this store never gave out, the answer starts from
-        nothing and says `reset`, so the client throws away what it shows.
+        current state, in id order, at most `page_size` of them: the ones that
+        changed first, with the cursor of the last change included, so asking
+        again from there gets the rest.
+
+        A first load (cursor 0 and no epoch: the client has nothing yet) gets
+        the newest page of messages instead, and `more` says whether older ones
+        exist. If `epoch` names another life of the store, or `cursor` is one
+        this store never gave out, the answer is a first load that says `reset`,
+        so the client throws away what it shows.
         """
         with self._changes:
             reset = (epoch is not None and epoch != self.epoch) or cursor > self.cursor
-            if reset:
-                cursor = 0
-            changed_ids = []
+            if reset or (cursor == 0 and epoch is None):
+                newest = list(islice(reversed(self._messages.values()), self.page_size))[::-1]
+                more = len(self._messages) > len(newest)
+                return self._answer(newest, self.cursor, reset=reset, more=more)
+            changes = []  # (cursor of the change, message id), newest first
             for message_id in reversed(self._changed):
-                if self._changed[message_id] <= cursor:
+                changed_at = self._changed[message_id]
+                if changed_at <= cursor:
                     break
-                changed_ids.append(message_id)
-            changed_ids.sort()
-            return {
-                "messages": [dict(self._messages[i]) for i in changed_ids],
-                "cursor": self.cursor,
-                "epoch": self.epoch,
-                "reset": reset,
-            }
+                changes.append((changed_at, message_id))
+            page = changes[-self.page_size:]  # the oldest changes after `cursor`
+            page_cursor = page[0][0] if len(changes) > len(page) else self.cursor
+            messages = [self._messages[message_id] for message_id in sorted(i for _, i in page)]
+            return self._answer(messages, page_cursor)
+
+    def before(self, message_id, limit, epoch=None):
+        """Return the newest `limit` messages older than `message_id`, and `more` if even older ones exist."""
+        with self._changes:
+            if epoch is not None and epoch != self.epoch:
+                return self.since(0, epoch)
+            # Ids have no gaps: only the oldest messages are ever dropped.
+            oldest_id = next(iter(self._messages), self._next_id)
+            start = max(oldest_id, message_id - limit)
+            messages = [self._messages[i] for i in range(start, min(message_id, self._next_id))]
+            return self._answer(messages, self.cursor, more=start > oldest_id)
 
     def wait(self, cursor, timeout):
         """Block until the store moves past `cursor` or `timeout` seconds pass; return True if it moved."""
@@ -108,25 +120,43 @@ class Store:
         self._changed.move_to_end(message_id)
         self._changes.notify_all()
 
+    def _answer(self, messages, cursor, reset=False, more=False):
+        # Copies, so that later changes don't alter an answer on its way out.
+        return {"messages": [dict(message) for message in messages], "cursor": cursor,
+                "epoch": self.epoch, "reset": reset, "more": more}
 
-def _checked(value, name, limit):
+
+def new_message(message_id, user, text):
+    """Return a new message as the contract shapes it, stored now."""
+    timestamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"id": message_id, "user": user, "text": text, "timestamp": timestamp,
+            "likes": 0, "dislikes": 0}
+
+
+# Characters that Unicode calls letters or symbols, but that show nothing:
+# Hangul fillers and the blank Braille pattern, well known for blank names.
+BLANK_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def checked_text(value, name, limit):
     """Return `value` trimmed, or raise ValueError saying what a person should fix."""
     if value is None:
         raise ValueError(f"{name} is missing.")
     if not isinstance(value, str):
         raise ValueError(f"{name} must be text.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # JSON's "\ud800" decodes to half a character, which can't be sent on
-        raise ValueError(f"{name} contains an invalid character (half of a surrogate pair).") from None
     value = value.strip()
     if not value:
         raise ValueError(f"{name} must not be empty.")
     if len(value) > limit:
         raise ValueError(f"{name} is too long: {len(value)} characters, the limit is {limit}.")
+    categories = {unicodedata.category(character) for character in value}
+    if "Cs" in categories:  # JSON's "\ud800" decodes to half a character, which can't be sent on
+        raise ValueError(f"{name} contains an invalid character (half of a surrogate pair).")
+    if "Cc" in categories:  # tabs, line breaks, escape sequences, ...: text is one plain line
+        raise ValueError(f"{name} must not contain control characters such as line breaks.")
+    # Letters, numbers, punctuation and symbols show; spaces, format characters
+    # such as U+200B and marks on nothing don't.
+    if not any(unicodedata.category(character)[0] in "LNPS" and character not in BLANK_LETTERS
+               for character in value):
+        raise ValueError(f"{name} must contain a visible character.")
     return value
-
-
-def _now():
-    """Return the current UTC time as ISO 8601 with milliseconds, e.g. 2026-11-25T23:59:01.123Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

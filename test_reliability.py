@@ -59,13 +59,14 @@ class Reader:
 @pytest.mark.parametrize("stalled_count", [1, 20])
 def test_clients_that_stop_reading_delay_no_one_are_dropped_and_miss_nothing_on_return(
         server, store, broadcaster, stalled_count):
+    readers = [Reader(server) for _ in range(3)]
+    store.add("Azin", "before the flood")
     # A small receive buffer, so the stalled clients' buffers fill sooner.
     stalled = [raw_websocket(server.port, receive_buffer=4096) for _ in range(stalled_count)]
     first_frames = [read_first_frame(raw) for raw in stalled]
-    readers = [Reader(server) for _ in range(3)]
     wait_until(lambda: len(broadcaster.subscribers) == stalled_count + 3)
 
-    # About 8 MB of chat: more than the kernel and our queue hold for a stalled client.
+    # About 8 MB of chat: more than the kernel holds for a stalled client.
     sent_at = {}
     for n in range(8000):
         text = f"{n:05} " + "x" * 990
@@ -75,22 +76,25 @@ def test_clients_that_stop_reading_delay_no_one_are_dropped_and_miss_nothing_on_
             time.sleep(0.01)  # a busy chat, not a single instant
 
     for reader in readers:
-        reader.assert_got_each_message_once_in_order(len(sent_at))
+        reader.assert_got_each_message_once_in_order(1 + len(sent_at))
         worst_delay = max(reader.arrivals[text] - sent_at[text] for text in sent_at)
         assert worst_delay < 2, f"a reading client waited {worst_delay:.2f} s behind stalled ones"
     # The stalled clients were hung up on; the readers never were.
     wait_until(lambda: len(broadcaster.subscribers) == 3)
 
-    # A stalled client that comes back with its cursor gets everything it missed.
+    # A stalled client that comes back with its cursor gets everything it
+    # missed, a page at a time, each message once.
     first = first_frames[0]
+    assert first["cursor"] == 1
     back = server.connect(f"/ws?since={first['cursor']}&epoch={first['epoch']}", max_queue=None)
-    answer = receive_json(back)
-    assert answer["reset"] is False
-    assert [m["id"] for m in answer["messages"]] == list(range(1, len(sent_at) + 1))
+    frames = receive_until(back, lambda frames: frames and frames[-1]["cursor"] == store.cursor)
+    assert all(len(frame["messages"]) <= store.page_size for frame in frames)
+    assert [m["id"] for frame in frames for m in frame["messages"]] == list(range(2, store.cursor + 1))
     for raw in stalled:
         raw.close()
 
 
+@pytest.mark.config(RATE_LIMIT=0)  # a burst of 2000 posts
 def test_clients_reading_normally_through_a_burst_are_never_dropped(server, broadcaster):
     readers = [Reader(server) for _ in range(20)]
     total = 2000
@@ -117,7 +121,7 @@ def test_frames_to_one_socket_never_interleave_when_many_threads_write_at_once(s
 
     def post_many(offset):
         for n in range(offset, total, 4):
-            server.app.extensions["chat_store"].add("poster", f"m{n}")
+            server.app.extensions["chat"].store.add("poster", f"m{n}")
 
     posters = [threading.Thread(target=post_many, args=(offset,)) for offset in range(4)]
     for poster in posters:
@@ -146,15 +150,16 @@ def test_frames_to_one_socket_never_interleave_when_many_threads_write_at_once(s
 
 @pytest.fixture
 def server_with_pings():
-    """A live server that pings every 0.2 s, so silent peers are found quickly."""
-    app = create_app({"SOCK_SERVER_OPTIONS": {"max_message_size": 65536, "ping_interval": 0.2}})
+    """A live server that pings every 0.2 s, so silent peers are found quickly; no flood control."""
+    app = create_app({"SOCK_SERVER_OPTIONS": {"max_message_size": 65536, "ping_interval": 0.2},
+                      "RATE_LIMIT": 0})
     live = LiveServer(app)
     yield live
     live.stop()
 
 
 def test_peers_that_never_answer_pings_are_closed_and_leave_nothing_behind(server_with_pings):
-    broadcaster = server_with_pings.app.extensions["chat_broadcaster"]
+    broadcaster = server_with_pings.app.extensions["chat"].broadcaster
     warm_up = server_with_pings.connect()
     receive_json(warm_up)
     threads_before = server_threads()
@@ -185,7 +190,7 @@ def rss_kb(pid):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the memory use from /proc")
 def test_memory_stays_flat_once_max_messages_is_reached():
-    running = FlaskRun(free_port(), env={"FLASK_MAX_MESSAGES": "1000"})
+    running = FlaskRun(free_port(), env={"FLASK_MAX_MESSAGES": "1000", "FLASK_RATE_LIMIT": "0"})
     running.start()
     try:
         with connect(f"ws://127.0.0.1:{running.port}/ws", max_queue=None, max_size=None) as ws:

@@ -11,7 +11,7 @@ from store import Store
 
 def test_new_store_is_empty_at_cursor_zero():
     store = Store()
-    assert store.since(0) == {"messages": [], "cursor": 0, "epoch": store.epoch, "reset": False}
+    assert store.since(0) == {"messages": [], "cursor": 0, "epoch": store.epoch, "reset": False, "more": False}
 
 
 def test_messages_get_ids_in_order_and_each_change_moves_the_cursor_by_one():
@@ -153,7 +153,7 @@ def test_wait_gives_up_after_the_timeout_when_nothing_changes():
 
 
 def test_concurrent_adds_from_many_threads_lose_nothing():
-    store = Store()
+    store = Store(page_size=10000)  # one page holds them all
     threads_count, per_thread = 8, 250
 
     def add_many(name):

@@ -28,7 +28,7 @@ def test_first_frame_on_an_empty_store_is_an_empty_messages_frame(server):
     ws = server.connect()
     first = receive_json(ws)
     assert first == {"command": "messages", "messages": [], "cursor": 0,
-                     "epoch": server.get("/messages")["epoch"], "reset": False}
+                     "epoch": server.get("/messages")["epoch"], "reset": False, "more": False}
     ws.close()
 
 
@@ -171,6 +171,7 @@ def test_a_client_that_reconnects_with_its_cursor_misses_nothing(server):
     back.close()
 
 
+@pytest.mark.config(RATE_LIMIT=0)  # each sender sends 50 frames at once
 def test_cursors_grow_on_each_connection_and_no_change_is_skipped_or_repeated(server):
     watchers = [server.connect() for _ in range(3)]
     for ws in watchers:
@@ -201,6 +202,7 @@ def test_cursors_grow_on_each_connection_and_no_change_is_skipped_or_repeated(se
         ws.close()
 
 
+@pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
 def test_clients_connecting_while_others_post_get_every_message_exactly_once(server):
     total = 300
     stop = threading.Event()
@@ -237,8 +239,9 @@ def test_a_send_error_on_some_sockets_does_not_stop_the_broadcast_to_the_others(
     # Shut down the sending side of the server's end of the raw sockets:
     # they stay registered, but every send to them now fails.
     for subscriber in broadcaster.subscribers:
-        if subscriber._socket.getpeername()[1] in [raw.getsockname()[1] for raw in broken]:
-            subscriber._socket.shutdown(socket.SHUT_WR)
+        server_end = subscriber.connection._socket._raw
+        if server_end.getpeername()[1] in [raw.getsockname()[1] for raw in broken]:
+            server_end.shutdown(socket.SHUT_WR)
     for text in ("one", "two"):
         server.post("/messages", {"user": "Azin", "text": text})
     for ws in healthy:

@@ -1,0 +1,316 @@
+"""One WebSocket connection, made safe against clients that read slowly, flood, or vanish.
+
+flask-sock gives each WebSocket route a simple-websocket `Server`, which is
+fine for well-behaved clients. For the others, this module adds what it lacks:
+
+- Sending never blocks and never queues without bound. A client that stops
+  reading is hung up on; the broadcaster gives a client at most one frame at a
+  time, and a client that is behind skips rounds instead of piling them up.
+- Receiving is bounded too: when a few frames wait to be carried out, we stop
+  reading the socket, and TCP makes the client wait.
+- Frames over the size limit, counted in bytes, close the connection with 1009.
+- Every connection ends with a close frame and nothing after it. (Left alone,
+  werkzeug writes an HTTP response after the WebSocket closes: flask-sock #20.)
+
+It does this by standing in for the socket that simple-websocket writes to and
+reads from. The attributes of simple-websocket it relies on are listed in
+`SIMPLE_WEBSOCKET_INTERNALS`, and checked by a test.
+"""
+
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from functools import wraps
+
+import flask_sock
+from simple_websocket import ConnectionClosed
+from wsproto.frame_protocol import CloseReason, FrameProtocol
+
+# A client that takes none of the bytes we send for this long is hung up on.
+STALL_SECONDS = 5
+# Bytes that may wait for a client besides one broadcast frame: errors, pongs, the close frame.
+MAX_QUEUED_BYTES = 65536
+# Frames received but not yet carried out. With this many waiting, we stop reading the socket.
+MAX_WAITING_FRAMES = 4
+# How long the closing handshake may take, and how long we listen for the client's last bytes.
+CLOSE_SECONDS = 2
+# How often a route waiting for frames checks that its connection is still open.
+RECEIVE_TIMEOUT = 30
+
+# Windows has no MSG_DONTWAIT: there, sends block and a stalled client slows the others.
+DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+# simple-websocket's `Server` attributes used here, so an upgrade that renames one fails a test.
+SIMPLE_WEBSOCKET_INTERNALS = ("sock", "event", "thread", "input_buffer", "connected",
+                              "max_message_size", "receive", "close")
+
+
+class Sock(flask_sock.Sock):
+    """flask-sock's `Sock`, whose routes get a `Connection` instead of a bare simple-websocket `Server`."""
+
+    def route(self, path, bp=None, **kwargs):
+        """Register a WebSocket route, as flask-sock's `route` does."""
+
+        def decorator(handler):
+            @wraps(handler)
+            def serve(ws, *args, **kwargs):
+                connection = Connection(ws)
+                try:
+                    handler(connection, *args, **kwargs)
+                finally:
+                    connection.close()
+
+            return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
+
+        return decorator
+
+
+class Connection:
+    """One client's WebSocket: send and receive text frames, and close it cleanly."""
+
+    def __init__(self, ws):
+        self._ws = ws
+        self._socket = GuardedSocket(ws)
+        ws.sock = self._socket  # from now on, every byte simple-websocket sends goes through it
+
+    @property
+    def connected(self):
+        """True until the connection starts to close, from either side."""
+        return self._ws.connected and not self._socket.closing
+
+    def send(self, text):
+        """Send one text frame. Never blocks: a client that stops reading is hung up on."""
+        self._socket.send(encode_text_frame(text))
+
+    def __iter__(self):
+        """Yield each frame the client sends (text, or bytes for a binary frame) until the connection ends."""
+        while True:
+            try:
+                frame = self._ws.receive(timeout=RECEIVE_TIMEOUT)
+            except ConnectionClosed:
+                return
+            self._socket.frame_taken()
+            # simple-websocket hands out frames that arrived before a close even
+            # after it: never carry out a frame once its connection has ended.
+            if not self.connected:
+                return
+            if frame is None:
+                continue
+            # simple-websocket counts the size of text in characters; the limit is in bytes.
+            size = len(frame.encode()) if isinstance(frame, str) else len(frame)
+            if size > self._ws.max_message_size:
+                self.close(CloseReason.MESSAGE_TOO_BIG, "Message is too big")
+                return
+            yield frame
+
+    def wait_closed(self):
+        """Wait until the client leaves, ignoring what it sends."""
+        for _ in self:
+            pass
+
+    def offer(self, frame):
+        """Queue ready-made frame bytes, unless the last ones are still on their way; return whether queued."""
+        return self._socket.offer(frame)
+
+    def push(self):
+        """Send what waits for this client, as far as its socket takes it; True if no offered frame waits."""
+        return self._socket.push()
+
+    def close(self, code=CloseReason.NORMAL_CLOSURE, reason=""):
+        """Close: our close frame, the client's answer, the TCP connection; nothing after, whoever started."""
+        if self._ws.connected:
+            try:
+                self._ws.close(code, reason)  # queues our close frame
+            except ConnectionClosed:
+                pass
+        self._socket.flush(wait=CLOSE_SECONDS)
+        # simple-websocket's reader thread ends when the client answers our close
+        # frame, and then closes its socket (that is, calls `GuardedSocket.close`).
+        self._ws.thread.join(CLOSE_SECONDS * 2)
+        self._socket.hang_up()
+
+
+class GuardedSocket:
+    """What simple-websocket sees as its socket: writes go through a bounded queue, reads wait their turn."""
+
+    def __init__(self, ws):
+        self._ws = ws
+        self._raw = ws.sock
+        try:
+            # werkzeug leaves Nagle's algorithm on, which holds a small frame
+            # back until the client acknowledges the one before (up to 40 ms).
+            self._raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket behind a proxy): nothing to do
+        self._lock = threading.Lock()
+        # Bytes to send, in order, as [view, offered]; the first may be partly sent already.
+        self._queue = deque()
+        self._offered_waiting = False  # whether a frame from `offer` is in the queue
+        self._sent_bytes_waiting = 0  # bytes from `send` in the queue
+        self._last_progress = time.monotonic()
+        self._frame_taken = threading.Condition()
+        self.closing = False
+
+    # The socket interface that simple-websocket uses
+
+    def send(self, data):
+        """Queue bytes and send what the socket takes now; hang up if too much waits."""
+        with self._lock:
+            if self.closing:
+                return len(data)
+            if self._sent_bytes_waiting + len(data) > MAX_QUEUED_BYTES:
+                self._hang_up()
+            else:
+                self._append(data, offered=False)
+                self._send_queued()
+        return len(data)
+
+    def recv(self, size):
+        """Read from the socket once the route has taken its waiting frames."""
+        with self._frame_taken:
+            while len(self._ws.input_buffer) >= MAX_WAITING_FRAMES and not self.closing:
+                self._frame_taken.wait(timeout=1)
+        return self._raw.recv(size)
+
+    def fileno(self):
+        """The socket's file descriptor, for simple-websocket's selector."""
+        return self._raw.fileno()
+
+    def close(self):
+        """End the connection; simple-websocket's reader thread calls this when it stops."""
+        self.flush(wait=CLOSE_SECONDS)  # our close frame, if one is queued
+        with self._lock:
+            self.closing = True
+        try:
+            self._raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._drain()
+        self.hang_up()
+
+    # For the connection and the broadcaster
+
+    def offer(self, frame):
+        """Queue `frame` unless an earlier offered frame still waits; return whether it was queued."""
+        with self._lock:
+            if self.closing or self._offered_waiting:
+                return False
+            self._append(frame, offered=True)
+            self._send_queued()
+            return True
+
+    def push(self):
+        """Send queued bytes as far as the socket takes them; return True if no offered frame waits."""
+        with self._lock:
+            self._send_queued()
+            return not self._offered_waiting
+
+    def flush(self, wait=0):
+        """Send queued bytes, waiting up to `wait` seconds for the socket to take them; True if all went."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._lock:
+                self._send_queued()
+                if not self._queue:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not wait_until_ready(self._raw, selectors.EVENT_WRITE, remaining):
+                return False
+
+    def frame_taken(self):
+        """Tell the reader thread that the route has taken a frame, so it may read more."""
+        with self._frame_taken:
+            self._frame_taken.notify()
+
+    def hang_up(self):
+        """End the TCP connection now; whatever anyone writes after this is lost, werkzeug's bytes included."""
+        with self._lock:
+            self._hang_up()
+        with self._frame_taken:
+            self._frame_taken.notify()
+        # simple-websocket can end a connection (a frame too big, say) without
+        # waking a `receive()` that waits for the next frame. Wake it here.
+        self._ws.event.set()
+
+    # Called with the lock held
+
+    def _append(self, data, offered):
+        if not self._queue:
+            self._last_progress = time.monotonic()
+        self._queue.append([memoryview(data), offered])
+        if offered:
+            self._offered_waiting = True
+        else:
+            self._sent_bytes_waiting += len(data)
+
+    def _send_queued(self):
+        while self._queue:
+            first, offered = self._queue[0]
+            try:
+                sent = self._raw.send(first, DONT_WAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._hang_up()  # the connection is gone; the reader thread ends it
+                return
+            if sent:
+                self._last_progress = time.monotonic()
+                if not offered:
+                    self._sent_bytes_waiting -= sent
+            if sent < len(first):
+                self._queue[0][0] = first[sent:]  # a view: nothing is copied
+                if time.monotonic() - self._last_progress > STALL_SECONDS:
+                    self._hang_up()
+                return
+            self._queue.popleft()
+            if offered:
+                self._offered_waiting = False
+
+    def _hang_up(self):
+        # A close frame would wait behind everything else. Shutting the socket
+        # down ends the connection now: simple-websocket's reader thread sees
+        # it, and the route ends.
+        self.closing = True
+        self._queue.clear()
+        self._offered_waiting = False
+        self._sent_bytes_waiting = 0
+        try:
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _drain(self):
+        """Read and drop what the client still sends, briefly, so that it reads our close frame.
+
+        Closing a socket with unread bytes makes the kernel reset the
+        connection, and the client may lose our close frame (with its code,
+        such as 1009 for a frame too big) before reading it.
+        """
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not wait_until_ready(self._raw, selectors.EVENT_READ, remaining):
+                return
+            try:
+                if not self._raw.recv(65536, DONT_WAIT):
+                    return  # the client has closed too
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+
+
+def wait_until_ready(sock, events, timeout):
+    """Wait until `sock` can be read or written (`events`); return False on timeout or if it is closed."""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, events)
+            return bool(selector.select(timeout))
+    except (OSError, ValueError):
+        return False
+
+
+def encode_text_frame(text):
+    """Return the bytes of one unmasked, uncompressed WebSocket text frame, as a server sends it."""
+    return bytes(FrameProtocol(client=False, extensions=[]).send_data(text))

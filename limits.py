@@ -1,0 +1,89 @@
+"""Limits that keep one client from hurting the others: flood control, and how many sockets fit.
+
+Flood control is a token bucket: a client gets `rate` tokens a second, keeps at
+most `burst` of them, and spends one on each change it asks for. So a person
+clicking fast is never refused, and a runaway loop gets `rate` changes a second.
+"""
+
+import resource
+import threading
+import time
+
+
+class TokenBucket:
+    """Allows `rate` actions a second on average, and bursts of up to `burst`; `rate` 0 allows everything."""
+
+    def __init__(self, rate, burst=None):
+        self.rate = rate
+        self.burst = burst or 3 * rate
+        self.tokens = self.burst
+        self.updated = time.monotonic()
+        self.refused = 0  # refusals since a token was last taken
+
+    def take(self):
+        """Take a token and return 0, or return how many seconds until there is one."""
+        if not self.rate:
+            return 0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return 0
+        self.refused += 1
+        return (1 - self.tokens) / self.rate
+
+    def is_full(self):
+        """True if the bucket has refilled completely, so forgetting it changes nothing."""
+        return self.tokens + (time.monotonic() - self.updated) * self.rate >= self.burst
+
+
+class BucketPerAddress:
+    """A token bucket for each client address, forgetting those that have filled up again."""
+
+    # Past this many addresses, full buckets are dropped, so memory stays bounded.
+    FORGET_AFTER = 10000
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.buckets = {}
+        self.lock = threading.Lock()
+
+    def take(self, address):
+        """Take a token for `address` and return 0, or return how many seconds until there is one."""
+        if not self.rate:
+            return 0
+        with self.lock:
+            if len(self.buckets) > self.FORGET_AFTER:
+                self.buckets = {a: b for a, b in self.buckets.items() if not b.is_full()}
+            bucket = self.buckets.setdefault(address, TokenBucket(self.rate))
+            return bucket.take()
+
+
+# A WebSocket holds two file descriptors: its socket, and the selector that
+# simple-websocket uses to time its pings. A long poll holds one. Together they
+# may use three quarters of the limit; the rest is kept for pages, API requests
+# and log files.
+FILES_PER_WEBSOCKET = 2
+
+
+def open_file_limit():
+    """Raise this process's limit of open files as far as it may; return the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # macOS calls its hard limit "infinity", then refuses more than 10240.
+    for limit in (hard, 10240):
+        if soft < limit != resource.RLIM_INFINITY:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+                return limit
+            except (ValueError, OSError):
+                continue
+    return soft
+
+
+def capacity(open_files):
+    """Return how many WebSockets and how many waiting long polls fit in `open_files` descriptors."""
+    websockets = open_files * 5 // 8 // FILES_PER_WEBSOCKET
+    long_polls = open_files // 8
+    return websockets, long_polls
