@@ -449,3 +449,133 @@ def test_message_posted_over_http_appears_on_both_pages_without_reload(server, o
         shown = message(page, "Hello from the command line")
         expect(shown).to_contain_text("curl")
         expect(vote_button(shown, "Like 1")).to_be_visible()
+
+
+# History in pages
+
+
+@pytest.mark.config(PAGE_SIZE=5)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_load_older_shows_earlier_pages_until_the_whole_history_is_there(server, open_chat, path):
+    for number in range(1, 13):
+        post_message(server.url, "Azin", f"Line {number:02}")
+    page = open_chat(server.url + path)
+    older = page.get_by_role("button", name=re.compile("^Load older"))
+
+    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(8, 13)])
+    older.click()
+    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(3, 13)])
+    older.click()
+    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(1, 13)])
+    expect(older).to_be_hidden()
+
+
+@pytest.mark.config(PAGE_SIZE=5)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_votes_on_messages_not_loaded_yet_show_once_they_are(server, open_chat, path):
+    for number in range(1, 13):
+        post_message(server.url, "Azin", f"Line {number:02}")
+    page = open_chat(server.url + path)
+    expect(messages(page)).to_have_count(5)
+
+    for _ in range(3):
+        server.post("/messages/2/like")  # not shown yet: the page holds 8 to 12
+    server.post("/messages/10/dislike")
+    expect(vote_button(message(page, "Line 10"), "Dislike 1")).to_be_visible()
+    expect(message(page, "Line 02")).to_have_count(0)
+    for _ in range(2):
+        page.get_by_role("button", name=re.compile("^Load older")).click()
+
+    expect(vote_button(message(page, "Line 02"), "Like 3")).to_be_visible()
+    expect(messages(page)).to_have_count(12)
+
+
+@pytest.mark.config(PAGE_SIZE=5)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_an_older_page_that_arrives_late_does_not_undo_newer_counts(server, open_chat, path):
+    for number in range(1, 13):
+        post_message(server.url, "Azin", f"Line {number:02}")
+    page = open_chat(server.url + path)
+    held = []
+    page.route(re.compile(r"/messages\?before="), lambda route: held.append(route))
+    page.get_by_role("button", name=re.compile("^Load older")).click()
+    for _ in range(250):
+        if held:
+            break
+        page.wait_for_timeout(20)
+    assert held, "the page did not ask for older messages"
+    older_page = held[0].fetch()  # the server's answer now: Line 05 has no likes yet
+
+    server.post("/messages/5/like")  # not shown yet
+    server.post("/messages/10/like")
+    # The like on 10 came after the like on 5, so the page has had news of both.
+    expect(vote_button(message(page, "Line 10"), "Like 1")).to_be_visible()
+    held[0].fulfill(response=older_page)
+
+    expect(messages(page)).to_have_count(10)
+    expect(vote_button(message(page, "Line 05"), "Like 1")).to_be_visible()
+
+
+@pytest.mark.config(PAGE_SIZE=5)
+def test_a_page_catching_up_places_messages_by_id_whatever_order_they_come_in(
+        server, store, open_chat):
+    for number in range(1, 4):
+        store.add("Azin", f"Line {number:02}")
+    page = open_chat(server.url + "/polling")
+    held = []  # requests for news, held back while the test says so
+    holding = True
+    page.route(re.compile(r"/messages\?since="),
+               lambda route: held.append(route) if holding else route.continue_())
+    store.like(1)  # answers the long poll on its way; the next one is held
+    for _ in range(250):
+        if held:
+            break
+        page.wait_for_timeout(20)
+    assert held, "the page did not ask for news again"
+
+    for number in range(4, 11):
+        store.add("Azin", f"Line {number:02}")
+    store.like(4)  # now message 4 changed last: it comes after 5 to 10, in the second page
+    holding = False
+    held[0].continue_()
+
+    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(1, 11)])
+    expect(vote_button(message(page, "Line 04"), "Like 1")).to_be_visible()
+
+
+# Closing
+
+
+CLOSE_AND_REOPEN = """async ([path, times, oversized]) => {
+  const results = [];
+  for (let n = 0; n < times; n++) {
+    const socket = new WebSocket(`ws://${location.host}${path}`);
+    await new Promise((resolve) => socket.addEventListener("message", resolve, { once: true }));
+    const closed = new Promise((resolve) => socket.addEventListener("close", resolve, { once: true }));
+    if (oversized) socket.send("x".repeat(70000));
+    else socket.close();
+    const event = await closed;
+    results.push({ code: event.code, clean: event.wasClean });
+  }
+  return results;
+}"""
+
+
+@pytest.mark.parametrize("path", ["/ws", "/hello/ws"])
+def test_a_page_that_closes_its_socket_sees_a_clean_close_every_time(server, open_page, path):
+    page = open_page(server.url + "/")
+
+    results = page.evaluate(CLOSE_AND_REOPEN, [path, 20, False])
+
+    assert results == [{"code": 1005, "clean": True}] * 20
+    # Bytes after the close frame would show as "Invalid frame header" here.
+    assert open_page.problems == []
+
+
+def test_a_page_that_sends_too_big_a_frame_gets_1009_and_a_clean_close(server, open_page):
+    page = open_page(server.url + "/")
+
+    results = page.evaluate(CLOSE_AND_REOPEN, ["/ws", 3, True])
+
+    assert results == [{"code": 1009, "clean": True}] * 3
+    assert open_page.problems == []

@@ -1,22 +1,26 @@
 // What both chat pages share: showing messages, the form and the buttons.
 // This module knows nothing about the network. A page's own script is its
-// transport: it calls startChat() with two functions that talk to the server,
+// transport: it calls startChat() with functions that talk to the server,
 // and feeds the answers it receives to chat.apply().
 
 const limits = JSON.parse(document.getElementById("limits").textContent);
 
 /**
- * Wire up the page. `transport.send(message)` and `transport.vote(id, kind)`
- * return promises that reject with an Error whose message a person can read.
+ * Wire up the page. `transport.send(message)`, `transport.vote(id, kind)` and
+ * `transport.older(beforeId, epoch)` return promises that reject with an Error
+ * whose message a person can read; `older` resolves to a page of messages.
  */
 export function startChat(transport) {
   const list = document.getElementById("messages");
   const status = document.getElementById("status");
   const errorBox = document.getElementById("error");
   const form = document.getElementById("send-form");
+  const olderButton = document.getElementById("load-older");
+  const known = new Map(); // message id -> the latest state heard of, shown or not
   const shown = new Map(); // message id -> its <li>
   let cursor = 0;
   let epoch = null;
+  let oldestLoaded = 0; // messages with a lower id exist but aren't loaded yet (0: none)
 
   form.user.value = localStorage.getItem("chat-name") || "";
 
@@ -47,29 +51,91 @@ export function startChat(transport) {
     }
   });
 
+  olderButton.addEventListener("click", async () => {
+    olderButton.disabled = true;
+    try {
+      const page = await transport.older(oldestLoaded, epoch);
+      if (page.reset) {
+        chat.apply(page); // the server started afresh meanwhile
+        return;
+      }
+      // Keep what the reader is looking at in place while the list grows above it.
+      const heightBefore = list.scrollHeight;
+      list.prepend(...page.messages.map((message) => {
+        const item = renderMessage(remember(message));
+        shown.set(message.id, item);
+        return item;
+      }));
+      list.scrollTop += list.scrollHeight - heightBefore;
+      oldestLoaded = page.more ? page.messages[0].id : 0;
+      olderButton.hidden = !oldestLoaded;
+    } catch (error) {
+      showError(error.message);
+    } finally {
+      olderButton.disabled = false;
+    }
+  });
+
+  // Keep the newest state of a message. Its counts only ever grow, so of two
+  // answers that disagree (one may have been on its way longer), the larger
+  // count is the newer one.
+  function remember(message) {
+    const before = known.get(message.id);
+    const latest = before ? {
+      ...message,
+      likes: Math.max(before.likes, message.likes),
+      dislikes: Math.max(before.dislikes, message.dislikes),
+    } : message;
+    known.set(message.id, latest);
+    return latest;
+  }
+
+  function show(message) {
+    const latest = remember(message);
+    if (latest.id < oldestLoaded) return; // not on the pages loaded; kept for when it is
+    const item = renderMessage(latest);
+    const old = shown.get(latest.id);
+    if (old) old.replaceWith(item);
+    else placeById(item, latest.id);
+    shown.set(latest.id, item);
+  }
+
+  // New messages go last. One that arrives late (a client catching up gets
+  // messages in the order they changed) goes where its id says.
+  function placeById(item, id) {
+    const last = list.lastElementChild;
+    if (!last || Number(last.dataset.id) < id) {
+      list.append(item);
+      return;
+    }
+    const next = [...list.children].find((other) => Number(other.dataset.id) > id);
+    list.insertBefore(item, next);
+  }
+
   function showError(text) {
     errorBox.textContent = text;
     errorBox.hidden = !text;
   }
 
-  return {
+  const chat = {
     get cursor() { return cursor; },
     get epoch() { return epoch; },
 
     /** Show a `messages` answer: each message replaces the one with its id. */
     apply(answer) {
       const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+      const firstLoad = answer.reset || epoch === null;
       if (answer.reset) {
         list.replaceChildren();
         shown.clear();
+        known.clear();
       }
-      for (const message of answer.messages) {
-        const item = renderMessage(message);
-        const old = shown.get(message.id);
-        if (old) old.replaceWith(item);
-        else list.append(item); // ids only grow, so new ones go last
-        shown.set(message.id, item);
+      if (firstLoad) {
+        // A first load holds the newest page; older ones come with "Load older".
+        oldestLoaded = answer.more ? answer.messages[0].id : 0;
+        olderButton.hidden = !oldestLoaded;
       }
+      for (const message of answer.messages) show(message);
       cursor = answer.cursor;
       epoch = answer.epoch;
       if (atBottom) list.scrollTop = list.scrollHeight;
@@ -83,6 +149,7 @@ export function startChat(transport) {
 
     showError,
   };
+  return chat;
 }
 
 function checkLength(name, value, limit) {

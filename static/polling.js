@@ -1,27 +1,12 @@
 // The polling page's transport: long polling GET /messages, sending with POST.
 import { backoff, sleep, startChat } from "./chat.js";
+import { getJSON, postJSON } from "./http.js";
 
 const chat = startChat({
-  send: (message) => post("/messages", message),
-  vote: (id, kind) => post(`/messages/${id}/${kind}`),
+  send: (message) => postJSON("/messages", message),
+  vote: (id, kind) => postJSON(`/messages/${id}/${kind}`),
+  older: (before, epoch) => getJSON(`/messages?${new URLSearchParams({ before, epoch })}`),
 });
-
-// POST some JSON; reject with the server's own explanation if it refuses.
-async function post(url, body) {
-  let response;
-  try {
-    response = await fetch(url, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body ?? {}),
-    });
-  } catch {
-    throw new Error("The server can't be reached; nothing was sent. Try again in a moment.");
-  }
-  const answer = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(answer.error || `The server answered ${response.status}.`);
-  return answer;
-}
 
 // Each request is held by the server until something changes (or 25 s pass),
 // then answered with just what changed. Then we ask again, from the new cursor.
@@ -31,9 +16,7 @@ while (true) {
   const params = new URLSearchParams({ since: chat.cursor, wait: chat.epoch ? 25 : 0 });
   if (chat.epoch) params.set("epoch", chat.epoch);
   try {
-    const response = await fetch(`/messages?${params}`);
-    if (!response.ok) throw new Error(`GET /messages answered ${response.status}`);
-    chat.apply(await response.json());
+    chat.apply(await getJSON(`/messages?${params}`));
     chat.setStatus("connected");
     retryMs = 0;
   } catch {

@@ -1,41 +1,49 @@
 // The WebSocket page's transport: one socket to /ws for receiving and sending.
 import { backoff, startChat } from "./chat.js";
+import { getJSON } from "./http.js";
 
 let socket = null;
 let retryMs = 0;
 let newestId = 0; // the highest message id received, so our own new message can be told apart
-let sending = null; // the message on its way: { message, after, resolve, reject }
+let lastRef = 0;
+// Messages on their way, by the "ref" sent with them: { message, after, resolve, reject }.
+const sending = new Map();
 
 const chat = startChat({
   // Frames have no replies. A send has worked when our message comes back as
-  // a new message, and has failed when the server answers with an error frame.
+  // a new message, and has failed when an error frame names its ref.
   send: (message) => new Promise((resolve, reject) => {
-    sendFrame({ command: "send-message", message });
-    settleSending();
-    sending = { message, after: newestId, resolve, reject };
+    const ref = `m-${++lastRef}`;
+    sendFrame({ command: "send-message", message, ref });
+    sending.set(ref, { message, after: newestId, resolve, reject });
   }),
-  vote: async (id, kind) => sendFrame({ command: kind, id }),
+  // A vote shows when its count changes; an error frame with its ref says why not.
+  vote: async (id, kind) => sendFrame({ command: kind, id, ref: `v-${++lastRef}` }),
+  older: (before, epoch) => getJSON(`/messages?${new URLSearchParams({ before, epoch })}`),
 });
-
-// Settle the send on its way, if any: rejected with `error`, or else done.
-function settleSending(error) {
-  if (!sending) return false;
-  if (error) sending.reject(error);
-  else sending.resolve();
-  sending = null;
-  return true;
-}
-
-function isOurs(message) {
-  return sending && message.id > sending.after &&
-    message.user === sending.message.user && message.text === sending.message.text;
-}
 
 function sendFrame(frame) {
   if (socket?.readyState !== WebSocket.OPEN) {
     throw new Error("Not connected, so nothing was sent. Try again in a moment.");
   }
   socket.send(JSON.stringify(frame));
+}
+
+// Settle the sends that a `messages` frame shows have arrived.
+function confirmSends(messages) {
+  for (const [ref, send] of sending) {
+    const arrived = messages.some((message) => message.id > send.after &&
+      message.user === send.message.user && message.text === send.message.text);
+    if (arrived) {
+      send.resolve();
+      sending.delete(ref);
+    }
+  }
+}
+
+function rejectSends(error) {
+  for (const send of sending.values()) send.reject(error);
+  sending.clear();
 }
 
 function connect() {
@@ -54,12 +62,17 @@ function connect() {
         chat.apply(frame);
         chat.setStatus("connected");
         retryMs = 0;
-        if (frame.messages.some(isOurs)) settleSending();
+        confirmSends(frame.messages);
         if (frame.reset) newestId = 0;
         for (const message of frame.messages) newestId = Math.max(newestId, message.id);
         break;
       case "error":
-        if (!settleSending(new Error(frame.error))) chat.showError(frame.error);
+        if (sending.has(frame.ref)) {
+          sending.get(frame.ref).reject(new Error(frame.error));
+          sending.delete(frame.ref);
+        } else {
+          chat.showError(frame.error); // a vote that failed, say
+        }
         break;
       default:
         // A newer server may send kinds of frames this page doesn't know yet.
@@ -68,8 +81,8 @@ function connect() {
   });
 
   socket.addEventListener("close", () => {
-    settleSending(new Error("The connection dropped before the server confirmed your message. " +
-                            "If it doesn't appear, send it again."));
+    rejectSends(new Error("The connection dropped before the server confirmed your message. " +
+                          "If it doesn't appear, send it again."));
     chat.setStatus(navigator.onLine ? "reconnecting" : "offline");
     retryMs = backoff(retryMs);
     setTimeout(connect, retryMs);
