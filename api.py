@@ -14,6 +14,8 @@ from werkzeug.exceptions import (BadRequest, Forbidden, HTTPException, NotFound,
                                  RequestEntityTooLarge, ServiceUnavailable, TooManyRequests,
                                  UnsupportedMediaType)
 
+from store import StoreUnavailable
+
 bp = Blueprint("api", __name__)
 
 # The largest id or cursor accepted: JavaScript counts exactly up to 2**53.
@@ -89,6 +91,12 @@ def check_change():
         rate = current_app.config["RATE_LIMIT"]
         raise TooManyRequests(f"Too many changes: at most {rate} a second. Try again in a moment.",
                               retry_after=math.ceil(wait))
+
+
+@bp.app_errorhandler(StoreUnavailable)
+def store_unavailable(error):
+    """Answer 503 when the store can't be reached (Redis is down): the request changed nothing."""
+    return jsonify(error=str(error)), 503, {"Retry-After": "2"}
 
 
 @bp.app_errorhandler(HTTPException)

@@ -4,6 +4,7 @@
 - api.py: the HTTP API, GET and POST /messages, likes and dislikes;
 - sockets.py: the WebSocket routes, /hello/ws and /ws;
 - store.py: the messages, and the cursor that counts every change;
+  redis_store.py: the same in Redis, for several processes;
 - broadcaster.py: the thread that pushes every change to every socket.
 """
 
@@ -31,6 +32,7 @@ def create_app(test_config=None):
         MAX_CONTENT_LENGTH=65536,
         PAGE_SIZE=200,
         RATE_LIMIT=10,
+        REDIS_URL="",
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
     app.config.from_prefixed_env()
@@ -39,7 +41,16 @@ def create_app(test_config=None):
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)
 
-    store = Store(max_messages=app.config["MAX_MESSAGES"], page_size=app.config["PAGE_SIZE"])
+    # The in-memory store unless REDIS_URL names a Redis to share with other processes.
+    limits = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
+    if app.config["REDIS_URL"]:
+        from redis_store import RedisBucketPerAddress, RedisStore  # only then is redis needed
+
+        store = RedisStore(app.config["REDIS_URL"], **limits)
+        posts_per_address = RedisBucketPerAddress(store.redis, app.config["RATE_LIMIT"])
+    else:
+        store = Store(**limits)
+        posts_per_address = BucketPerAddress(app.config["RATE_LIMIT"])
     open_files = open_file_limit()
     websockets, long_polls = capacity(open_files)
     app.logger.info("Room for %d WebSockets and %d waiting long polls (%d open files).",
@@ -48,7 +59,7 @@ def create_app(test_config=None):
     app.extensions["chat"] = SimpleNamespace(
         store=store,
         broadcaster=Broadcaster(store),
-        posts_per_address=BucketPerAddress(app.config["RATE_LIMIT"]),
+        posts_per_address=posts_per_address,
         socket_slots=threading.BoundedSemaphore(websockets),
         long_poll_slots=threading.BoundedSemaphore(long_polls),
     )

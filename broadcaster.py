@@ -34,6 +34,7 @@ class Broadcaster:
         self.subscribers = set()
         self.lock = threading.Lock()  # guards `subscribers`, and nothing slow
         self.thread = None
+        self.stopped = threading.Event()
 
     def subscribe(self, connection, since, epoch):
         """Send `connection` everything after `since` at once, then register it; return its Subscriber."""
@@ -57,7 +58,7 @@ class Broadcaster:
     def run(self):
         """Serve round after round, forever: an error in one round is logged, and the next goes ahead."""
         failed_rounds = 0
-        while True:
+        while not self.stopped.is_set():
             try:
                 latest, someone_behind = self.serve_round()
                 if failed_rounds:
@@ -69,6 +70,10 @@ class Broadcaster:
                     log.exception("A broadcast round failed; retrying every %s s.", FAILURE_PAUSE)
                 failed_rounds += 1
                 time.sleep(FAILURE_PAUSE)
+
+    def stop(self):
+        """Stop the thread (within IDLE_INTERVAL); for tests, which start many apps in one process."""
+        self.stopped.set()
 
     def serve_round(self):
         """Send each subscriber what changed since its cursor; return (the latest cursor, whether anyone is behind)."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,8 +17,16 @@ from websockets.sync.client import connect
 from werkzeug.serving import make_server
 
 from app import create_app
+from store import Store
 
 PROJECT = Path(__file__).parent
+
+
+ON_CI = os.environ.get("CI") == "true"
+
+# A module or test that should run on both stores says so with
+# @pytest.mark.parametrize("store_kind", BOTH_STORES), which overrides the fixture below.
+BOTH_STORES = ["memory", "redis"]
 
 
 def pytest_configure(config):
@@ -25,10 +34,53 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def app(request):
+def store_kind():
+    """The store the test's app uses: the in-memory one, unless the test is parametrized."""
+    return "memory"
+
+
+@pytest.fixture
+def store_settings(request, store_kind):
+    """The settings that choose the store: for Redis, the tests' own redis-server, emptied."""
+    if store_kind == "memory":
+        return {}
+    redis_server = request.getfixturevalue("redis_server")
+    redis_server.client().flushall()
+    return {"REDIS_URL": redis_server.url}
+
+
+@pytest.fixture
+def make_store(store_kind, store_settings):
+    """A function that makes an empty store of the kind the test runs with, without an app."""
+    made = []
+
+    def make(**settings):
+        if store_kind == "memory":
+            made.append(Store(**settings))
+        else:
+            from redis_store import RedisStore
+
+            made.append(RedisStore(store_settings["REDIS_URL"], **settings))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def app(request, store_settings):
     """A fresh app with an empty store; a test changes its settings with @pytest.mark.config(KEY=value)."""
     settings = request.node.get_closest_marker("config")
-    return create_app({"TESTING": True, **(settings.kwargs if settings else {})})
+    app = create_app({"TESTING": True, **store_settings, **(settings.kwargs if settings else {})})
+    yield app
+    close_app(app)
+
+
+def close_app(app):
+    """Stop the app's broadcaster and let go of its store, so tests leave no threads behind."""
+    app.extensions["chat"].broadcaster.stop()
+    app.extensions["chat"].store.close()
 
 
 @pytest.fixture
@@ -133,20 +185,24 @@ def free_port():
 class FlaskRun:
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
-    def __init__(self, port, env=None):
+    def __init__(self, port, env=None, log=None):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
+        self.log = log  # a file for the server's output, or None to drop it
         self.process = None
 
     def start(self):
+        output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flask", "run", "--port", str(self.port)],
             cwd=PROJECT,
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
+        if self.log:
+            output.close()  # the server has its own copy
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
@@ -164,12 +220,70 @@ class FlaskRun:
 
 
 @pytest.fixture
-def flask_run():
+def flask_run(store_settings):
     """A live `flask run` subprocess on a free port, stopped after the test."""
-    running = FlaskRun(free_port())
+    running = FlaskRun(free_port(), env={f"FLASK_{key}": value for key, value in store_settings.items()})
     running.start()
     yield running
     running.stop()
+
+
+class RedisServer:
+    """A redis-server of the tests' own, on a free port, with its files in `folder`."""
+
+    def __init__(self, folder, persistent=False):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        # Persistent: every write is on disk before Redis answers, so a restart loses nothing.
+        self.options = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
+            "--appendonly", "no"]
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--dir", str(self.folder), *self.options],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, timeout=10)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def client(self):
+        """A redis-py client for looking at, or tampering with, what the app stored."""
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def _answers(self):
+        try:
+            return self.client().ping()
+        except Exception:  # redis.ConnectionError, while it starts
+            return False
+
+
+def start_redis_server(folder, persistent=False):
+    """Start a RedisServer; without redis-server, skip the test (fail it on CI)."""
+    if not shutil.which("redis-server"):
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if ON_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    server = RedisServer(folder, persistent)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the whole test session; tests that use it empty it first."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture

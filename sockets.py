@@ -19,6 +19,7 @@ from wsproto.utilities import RemoteProtocolError
 from api import add_message, add_vote, from_another_site, parse_json, quote, whole_number
 from connection import Sock
 from limits import TokenBucket
+from store import StoreUnavailable
 
 bp = Blueprint("sockets", __name__)
 sock = Sock()
@@ -36,7 +37,12 @@ def chat_socket(ws):
     """Send the client what it missed, then every change; carry out the frames it sends."""
     chat = current_app.extensions["chat"]
     since = whole_number(request.args, "since", default=0)
-    subscriber = chat.broadcaster.subscribe(ws, since, request.args.get("epoch") or None)
+    try:
+        subscriber = chat.broadcaster.subscribe(ws, since, request.args.get("epoch") or None)
+    except StoreUnavailable as error:
+        ws.send(error_frame(str(error)))
+        ws.close(CloseReason.TRY_AGAIN_LATER, "The chat can't be reached; try again later.")
+        return
     allowance = TokenBucket(current_app.config["RATE_LIMIT"])
     try:
         for frame in ws:
@@ -68,7 +74,7 @@ def carry_out(store, frame, allowance):
                 add_vote(store, vote, command.get("id"))
             case unknown:
                 return error_frame(f"Unknown command {quote(unknown)}: use send-message, like or dislike.", ref)
-    except ValueError as error:
+    except (ValueError, StoreUnavailable) as error:
         return error_frame(str(error), ref)
     except KeyError:
         return error_frame(f"There is no message with id {quote(command['id'])}.", ref)

@@ -4,7 +4,8 @@ Nothing here knows about Flask or sockets, so it can be tested alone. `app.py`
 turns HTTP requests and WebSocket frames into calls to a `Store`.
 
 `redis_store.py` offers the same interface for several server processes:
-`epoch`, `cursor`, `add`, `like`, `dislike`, `since`, `before` and `wait`.
+`epoch`, `cursor`, `add`, `like`, `dislike`, `since`, `before`, `wait` and
+`close`.
 """
 
 import secrets
@@ -106,6 +107,9 @@ class Store:
         with self._changes:
             return self._changes.wait_for(lambda: self.cursor != cursor, timeout)
 
+    def close(self):
+        """Let go of what the store holds outside Python objects: nothing, for this one."""
+
     def _count(self, message_id, field):
         with self._changes:
             message = self._messages[message_id]
@@ -126,11 +130,19 @@ class Store:
                 "epoch": self.epoch, "reset": reset, "more": more}
 
 
+class StoreUnavailable(Exception):
+    """The store can't be reached for now (Redis is down, say). This in-memory store never raises it."""
+
+
 def new_message(message_id, user, text):
     """Return a new message as the contract shapes it, stored now."""
-    timestamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"id": message_id, "user": user, "text": text, "timestamp": timestamp,
+    return {"id": message_id, "user": user, "text": text, "timestamp": now(),
             "likes": 0, "dislikes": 0}
+
+
+def now():
+    """Return the current UTC time as ISO 8601 with milliseconds, e.g. 2026-11-25T23:59:01.123Z."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Characters that Unicode calls letters or symbols, but that show nothing:

@@ -6,6 +6,9 @@ import time
 import pytest
 
 from app import create_app
+from conftest import BOTH_STORES, close_app
+
+pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
 
 
 def post_message(client, user="Azin", text="Hello!"):
@@ -76,10 +79,12 @@ def test_a_stale_epoch_gets_everything_with_reset(client):
     assert client.get(f"/messages?since=1&epoch={current}").get_json()["reset"] is False
 
 
-def test_each_app_start_has_a_new_epoch():
-    first = create_app().test_client().get("/messages").get_json()["epoch"]
-    second = create_app().test_client().get("/messages").get_json()["epoch"]
-    assert first != second
+def test_an_app_restart_starts_a_new_epoch_in_memory_but_not_on_redis(store_settings, store_kind):
+    apps = [create_app(store_settings) for _ in range(2)]  # the same app started twice
+    epochs = [app.test_client().get("/messages").get_json()["epoch"] for app in apps]
+    for app in apps:
+        close_app(app)
+    assert (epochs[0] != epochs[1]) == (store_kind == "memory")
 
 
 def test_long_poll_is_answered_when_another_client_posts(app, client):
@@ -126,9 +131,9 @@ def test_bad_query_arguments_get_400_with_a_reason(client, query, complaint):
     assert complaint in response.get_json()["error"]
 
 
+@pytest.mark.config(MAX_WAIT=2)
 def test_max_wait_is_configurable(client):
-    app = create_app({"MAX_WAIT": 2})
-    assert app.test_client().get("/messages?wait=3").status_code == 400
+    assert client.get("/messages?wait=3").status_code == 400
 
 
 BAD_BODIES = [
@@ -183,18 +188,22 @@ def test_malformed_vote_urls_get_a_json_404(client, path):
     assert "error" in response.get_json()
 
 
+@pytest.mark.config(MAX_MESSAGES=2)
 def test_max_messages_caps_history(client):
-    capped = create_app({"MAX_MESSAGES": 2}).test_client()
     for n in range(4):
-        capped.post("/messages", json={"user": "Azin", "text": f"message {n}"})
-    assert [m["id"] for m in capped.get("/messages").get_json()["messages"]] == [3, 4]
+        client.post("/messages", json={"user": "Azin", "text": f"message {n}"})
+    assert [m["id"] for m in client.get("/messages").get_json()["messages"]] == [3, 4]
 
 
-def test_configuration_comes_from_flask_environment_variables(monkeypatch):
+def test_configuration_comes_from_flask_environment_variables(monkeypatch, store_settings):
+    for key, value in store_settings.items():
+        monkeypatch.setenv(f"FLASK_{key}", value)
     monkeypatch.setenv("FLASK_MAX_MESSAGES", "1")
     monkeypatch.setenv("FLASK_MAX_WAIT", "5")
-    client = create_app().test_client()
+    app = create_app()
+    client = app.test_client()
     client.post("/messages", json={"user": "Azin", "text": "one"})
     client.post("/messages", json={"user": "Azin", "text": "two"})
     assert [m["text"] for m in client.get("/messages").get_json()["messages"]] == ["two"]
     assert client.get("/messages?wait=6").status_code == 400
+    close_app(app)

@@ -6,16 +6,19 @@ from datetime import datetime, timezone
 
 import pytest
 
+from conftest import BOTH_STORES
 from store import Store
 
+pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
 
-def test_new_store_is_empty_at_cursor_zero():
-    store = Store()
+
+def test_new_store_is_empty_at_cursor_zero(make_store):
+    store = make_store()
     assert store.since(0) == {"messages": [], "cursor": 0, "epoch": store.epoch, "reset": False, "more": False}
 
 
-def test_messages_get_ids_in_order_and_each_change_moves_the_cursor_by_one():
-    store = Store()
+def test_messages_get_ids_in_order_and_each_change_moves_the_cursor_by_one(make_store):
+    store = make_store()
     first = store.add("Azin", "Hello!")
     second = store.add("Bo", "Hi")
     assert (first["id"], second["id"]) == (1, 2)
@@ -25,8 +28,8 @@ def test_messages_get_ids_in_order_and_each_change_moves_the_cursor_by_one():
     assert store.cursor == 4
 
 
-def test_a_message_has_the_contracts_fields_and_a_utc_timestamp():
-    message = Store().add("  Azin ", " Hello! ")
+def test_a_message_has_the_contracts_fields_and_a_utc_timestamp(make_store):
+    message = make_store().add("  Azin ", " Hello! ")
     assert set(message) == {"id", "user", "text", "timestamp", "likes", "dislikes"}
     assert (message["user"], message["text"], message["likes"], message["dislikes"]) == (
         "Azin", "Hello!", 0, 0)
@@ -35,8 +38,8 @@ def test_a_message_has_the_contracts_fields_and_a_utc_timestamp():
     assert abs((datetime.now(timezone.utc) - stored_at).total_seconds()) < 5
 
 
-def test_since_returns_only_what_changed_after_the_cursor_in_id_order():
-    store = Store()
+def test_since_returns_only_what_changed_after_the_cursor_in_id_order(make_store):
+    store = make_store()
     for n in range(5):
         store.add("Azin", f"message {n}")
     store.like(4)
@@ -46,8 +49,8 @@ def test_since_returns_only_what_changed_after_the_cursor_in_id_order():
     assert answer["cursor"] == 7
 
 
-def test_since_lists_a_message_changed_many_times_once_in_its_current_state():
-    store = Store()
+def test_since_lists_a_message_changed_many_times_once_in_its_current_state(make_store):
+    store = make_store()
     store.add("Azin", "Hello!")
     for _ in range(3):
         store.like(1)
@@ -57,22 +60,22 @@ def test_since_lists_a_message_changed_many_times_once_in_its_current_state():
     assert store.since(0)["messages"][0]["dislikes"] == 1
 
 
-def test_since_at_the_latest_cursor_is_empty():
-    store = Store()
+def test_since_at_the_latest_cursor_is_empty(make_store):
+    store = make_store()
     store.add("Azin", "Hello!")
     assert store.since(store.cursor)["messages"] == []
 
 
-def test_answers_are_copies_that_later_changes_do_not_alter():
-    store = Store()
+def test_answers_are_copies_that_later_changes_do_not_alter(make_store):
+    store = make_store()
     store.add("Azin", "Hello!")
     before = store.since(0)["messages"][0]
     store.like(1)
     assert before["likes"] == 0
 
 
-def test_another_epoch_gets_everything_with_reset():
-    store = Store()
+def test_another_epoch_gets_everything_with_reset(make_store):
+    store = make_store()
     store.add("Azin", "Hello!")
     store.add("Bo", "Hi")
     answer = store.since(2, epoch="an-old-epoch")
@@ -81,20 +84,28 @@ def test_another_epoch_gets_everything_with_reset():
     assert store.since(2, epoch=store.epoch)["reset"] is False
 
 
-def test_a_cursor_the_store_never_gave_out_gets_everything_with_reset():
-    store = Store()
+def test_a_cursor_the_store_never_gave_out_gets_everything_with_reset(make_store):
+    store = make_store()
     store.add("Azin", "Hello!")
     answer = store.since(99)
     assert answer["reset"] is True
     assert len(answer["messages"]) == 1
 
 
-def test_each_store_has_its_own_epoch():
-    assert Store().epoch != Store().epoch
+def test_a_second_store_is_a_new_chat_in_memory_and_the_same_chat_on_redis(make_store, store_kind):
+    first = make_store()
+    first.add("Azin", "Hello!")
+    second = make_store()
+    if store_kind == "memory":
+        assert second.epoch != first.epoch
+        assert second.since(0)["messages"] == []
+    else:  # a second process on the same Redis: same epoch, same messages
+        assert second.epoch == first.epoch
+        assert [m["text"] for m in second.since(0)["messages"]] == ["Hello!"]
 
 
-def test_history_is_capped_and_the_oldest_messages_are_dropped():
-    store = Store(max_messages=3)
+def test_history_is_capped_and_the_oldest_messages_are_dropped(make_store):
+    store = make_store(max_messages=3)
     for n in range(5):
         store.add("Azin", f"message {n}")
     assert [m["id"] for m in store.since(0)["messages"]] == [3, 4, 5]
@@ -103,8 +114,8 @@ def test_history_is_capped_and_the_oldest_messages_are_dropped():
     assert store.add("Azin", "more")["id"] == 6  # ids are never reused
 
 
-def test_liking_an_unknown_message_raises_key_error_and_changes_nothing():
-    store = Store()
+def test_liking_an_unknown_message_raises_key_error_and_changes_nothing(make_store):
+    store = make_store()
     with pytest.raises(KeyError):
         store.like(1)
     with pytest.raises(KeyError):
@@ -127,33 +138,33 @@ def test_liking_an_unknown_message_raises_key_error_and_changes_nothing():
         ("Azin", "half a character: \ud800", "invalid character"),
     ],
 )
-def test_invalid_messages_raise_value_error_and_change_nothing(user, text, complaint):
-    store = Store()
+def test_invalid_messages_raise_value_error_and_change_nothing(make_store, user, text, complaint):
+    store = make_store()
     with pytest.raises(ValueError, match=complaint):
         store.add(user, text)
     assert store.cursor == 0
     assert store.since(0)["messages"] == []
 
 
-def test_limits_are_counted_after_trimming():
-    store = Store()
+def test_limits_are_counted_after_trimming(make_store):
+    store = make_store()
     assert store.add(" " + "x" * 50 + " ", " " + "y" * 1000 + " ")["id"] == 1
 
 
-def test_wait_returns_as_soon_as_something_changes():
-    store = Store()
+def test_wait_returns_as_soon_as_something_changes(make_store):
+    store = make_store()
     threading.Timer(0.2, store.add, ("Azin", "Hello!")).start()
     started = time.monotonic()
     assert store.wait(0, timeout=10) is True
     assert time.monotonic() - started < 5
 
 
-def test_wait_gives_up_after_the_timeout_when_nothing_changes():
-    assert Store().wait(0, timeout=0.1) is False
+def test_wait_gives_up_after_the_timeout_when_nothing_changes(make_store):
+    assert make_store().wait(0, timeout=0.1) is False
 
 
-def test_concurrent_adds_from_many_threads_lose_nothing():
-    store = Store(page_size=10000)  # one page holds them all
+def test_concurrent_adds_from_many_threads_lose_nothing(make_store):
+    store = make_store(page_size=10000)  # one page holds them all
     threads_count, per_thread = 8, 250
 
     def add_many(name):

@@ -7,7 +7,10 @@ import threading
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import raw_websocket, receive_json, receive_until, server_threads, wait_until
+from conftest import (BOTH_STORES, raw_websocket, receive_json, receive_until, server_threads,
+                      wait_until)
+
+pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
 
 
 def texts(frames):
