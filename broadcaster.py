@@ -15,6 +15,7 @@ import threading
 import time
 
 from connection import encode_text_frame
+from store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,11 @@ class Broadcaster:
                 self.thread = threading.Thread(target=self.run, name="broadcaster", daemon=True)
                 self.thread.start()
         # A round may have gone by while it joined: the cursor says what it lacks.
-        subscriber.feed(self.store, {})
+        # (If the store can't be reached now, the broadcaster's rounds catch it up later.)
+        try:
+            subscriber.feed(self.store, {})
+        except StoreUnavailable:
+            pass
         return subscriber
 
     def unsubscribe(self, subscriber):
