@@ -1,6 +1,6 @@
 """The pages: a landing page, the two chat pages, and /hello."""
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 
 from store import MAX_TEXT, MAX_USER
 
@@ -24,8 +24,11 @@ def hello():
 
 @bp.get("/polling")
 def polling():
-    """The chat, kept up to date by polling GET /messages."""
-    return render_template("polling.html", limits=LIMITS)
+    """The chat, kept up to date by long polling GET /messages, or with ?interval=2 by asking every 2 s."""
+    interval = request.args.get("interval", type=int)
+    if interval is not None:
+        interval = min(max(interval, 1), 60)
+    return render_template("polling.html", limits=LIMITS, interval=interval)
 
 
 @bp.get("/websocket")

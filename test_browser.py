@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-ON_CI = os.environ.get("CI") == "true"
+from conftest import BOTH_STORES, ON_CI, FlaskRun, free_port
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -102,7 +102,7 @@ def open_page(request, browser):
     """Open pages as separate people; at the end, fail if any page had a JavaScript error."""
     # Start the test's server first, so that it stops only after the pages are
     # closed: a server that goes away under open pages makes them log errors.
-    for server in ("server", "flask_run"):
+    for server in ("server", "flask_run", "second_flask_run"):
         if server in request.fixturenames:
             request.getfixturevalue(server)
     opener = PageOpener(browser)
@@ -169,6 +169,7 @@ def other_page(path):
 # Two people, two transports
 
 
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("sender_path", CHAT_PAGES)
 def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, sender_path):
     sender = open_chat(server.url + sender_path)
@@ -180,6 +181,7 @@ def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, s
         expect(message(page, f"Hello from {sender_path}")).to_contain_text("Azin")
 
 
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("voter_path", CHAT_PAGES)
 def test_likes_and_dislikes_clicked_on_one_page_update_the_counts_on_the_other(
         server, open_chat, voter_path):
@@ -222,6 +224,16 @@ def test_hello_page_shows_what_the_server_says(server, open_page):
     page = open_page(server.url + "/hello")
 
     expect(page.locator("#said")).to_have_text("Hello")
+    expect(page.get_by_role("status")).to_have_text("connected")
+
+
+def test_hello_page_says_when_the_server_went_away(flask_run, open_page):
+    page = open_page(flask_run.url + "/hello")
+    expect(page.get_by_role("status")).to_have_text("connected")
+
+    flask_run.stop()
+
+    expect(page.get_by_role("status")).to_contain_text("The server went away")
 
 
 # When things go wrong
@@ -247,10 +259,53 @@ def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
     post_message(flask_run.url, "Ben", "After the restart, one")
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(messages(page)).to_have_text([re.compile("After the restart, one")])
+    expect(page.get_by_text("The server restarted, so the chat started again.")).to_be_visible()
 
     send(page, "Azin", "After the restart, two")
     expect(messages(page)).to_have_text(
         [re.compile("After the restart, one"), re.compile("After the restart, two")])
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, open_chat, path):
+    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    status = page.get_by_role("status")
+    send(page, "Azin", "Before the restart")
+    expect(messages(page)).to_have_count(1)
+
+    flask_run.stop()
+    expect(status).to_have_text("reconnecting")
+    flask_run.start()  # a new process, the same Redis: the same chat, the same epoch
+    post_message(flask_run.url, "Ben", "After the restart")
+
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(messages(page)).to_have_text([re.compile("Before the restart"), re.compile("After the restart")])
+    expect(page.get_by_text("The server restarted")).to_be_hidden()  # no reset
+
+
+@pytest.fixture
+def second_flask_run(flask_run, store_settings):
+    """Another `flask run` process, on the same store as `flask_run`."""
+    running = FlaskRun(free_port(), env={f"FLASK_{key}": value for key, value in store_settings.items()})
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+def test_pages_served_by_two_processes_sharing_redis_are_one_chat(second_flask_run, flask_run, open_chat):
+    on_first = open_chat(flask_run.url + "/websocket")
+    on_second = open_chat(second_flask_run.url + "/polling")
+
+    send(on_first, "Azin", "Through the first process")
+    send(on_second, "Ben", "Through the second process")
+    vote_button(message(on_second, "Through the first process"), "Like 0").click()
+
+    for page in (on_first, on_second):
+        expect(messages(page)).to_have_text(
+            [re.compile("Through the first process"), re.compile("Through the second process")])
+        expect(vote_button(message(page, "Through the first process"), "Like 1")).to_be_visible()
 
 
 @pytest.mark.parametrize("path", CHAT_PAGES)
@@ -579,3 +634,77 @@ def test_a_page_that_sends_too_big_a_frame_gets_1009_and_a_clean_close(server, o
 
     assert results == [{"code": 1009, "clean": True}] * 3
     assert open_page.problems == []
+
+
+# What a person sees
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_an_empty_chat_says_so_until_the_first_message(server, open_chat, path):
+    page = open_chat(server.url + path)
+    empty = page.get_by_text("No messages yet")
+    expect(empty).to_be_visible()
+
+    post_message(server.url, "Azin", "The first one")
+
+    expect(message(page, "The first one")).to_be_visible()
+    expect(empty).to_be_hidden()
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_like_and_dislike_buttons_say_what_they_are_in_words(server, open_chat, path):
+    post_message(server.url, "Azin", "Words, not emoji")
+    page = open_chat(server.url + path)
+
+    # An emoji needs an emoji font, which many lab machines lack.
+    expect(vote_button(message(page, "Words, not emoji"), "Like 0")).to_have_text("Like 0")
+    expect(vote_button(message(page, "Words, not emoji"), "Dislike 0")).to_have_text("Dislike 0")
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_the_page_counts_characters_as_the_server_does(server, open_chat, path):
+    page = open_chat(server.url + path)
+
+    send(page, "Azin", "🙂" * 1000)  # 2000 UTF-16 units, but 1000 characters: allowed
+    expect(message(page, "🙂" * 1000)).to_be_visible()
+    send(page, "Azin", "🙂" * 1001)
+
+    expect(page.get_by_role("alert")).to_contain_text("1001 characters, the limit is 1000")
+
+
+def test_plain_polling_asks_every_interval_without_waiting(server, open_page):
+    asked = []
+    page = open_page(server.url + "/polling?interval=1")
+    page.on("request", lambda request: asked.append(request.url) if "/messages?" in request.url else None)
+    expect(page.get_by_role("status")).to_have_text("connected")
+
+    post_message(server.url, "Azin", "Seen at the next ask")
+
+    expect(message(page, "Seen at the next ask")).to_be_visible()
+    page.wait_for_timeout(2500)
+    assert len(asked) >= 2
+    assert all("wait=0" in url for url in asked), asked
+    expect(page.get_by_text("every 1 s")).to_be_visible()
+
+
+def test_a_vote_that_fails_while_a_message_is_on_its_way_is_reported_as_the_votes_error(
+        app, server, store, open_chat):
+    app.config["MAX_MESSAGES"] = 1  # read by the store: set before anything is stored
+    store.max_messages = 1
+    store.add("Azin", "Soon dropped")
+    page = open_chat(server.url + "/websocket")
+    store.add("Ben", "Drops the first")  # the page still shows message 1, the server no longer has it
+    expect(messages(page)).to_have_count(2)
+    page.get_by_label("Name").fill("Chidi")
+    page.get_by_label("Message", exact=True).fill("On its way")
+
+    # Send, then vote on the dropped message, in one go: the vote's error frame
+    # comes back while the message is still on its way.
+    page.evaluate("""() => {
+      document.querySelector("#send-form button[type=submit]").click();
+      document.querySelector('li[data-id="1"] button[data-vote=like]').click();
+    }""")
+
+    expect(message(page, "On its way")).to_be_visible()
+    expect(page.get_by_label("Message", exact=True)).to_have_value("")  # the send worked
+    expect(page.get_by_role("alert")).to_contain_text("There is no message with id 1")

@@ -16,6 +16,8 @@ export function startChat(transport) {
   const errorBox = document.getElementById("error");
   const form = document.getElementById("send-form");
   const olderButton = document.getElementById("load-older");
+  const empty = document.getElementById("empty");
+  const notice = document.getElementById("notice");
   const known = new Map(); // message id -> the latest state heard of, shown or not
   const shown = new Map(); // message id -> its <li>
   let cursor = 0;
@@ -27,6 +29,7 @@ export function startChat(transport) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const message = { user: form.user.value.trim(), text: form.text.value.trim() };
+    showError(""); // a new try: the last error is old news
     try {
       checkLength("Name", message.user, limits.user);
       checkLength("Message", message.text, limits.text);
@@ -38,7 +41,6 @@ export function startChat(transport) {
     localStorage.setItem("chat-name", message.user);
     // Sending takes a moment: don't wipe out a next message typed meanwhile.
     if (form.text.value.trim() === message.text) form.text.value = "";
-    showError("");
   });
 
   list.addEventListener("click", async (event) => {
@@ -67,6 +69,7 @@ export function startChat(transport) {
         return item;
       }));
       list.scrollTop += list.scrollHeight - heightBefore;
+      empty.hidden = shown.size > 0;
       oldestLoaded = page.more ? page.messages[0].id : 0;
       olderButton.hidden = !oldestLoaded;
     } catch (error) {
@@ -117,6 +120,15 @@ export function startChat(transport) {
     errorBox.hidden = !text;
   }
 
+  // Say for a few seconds why the messages shown before have gone.
+  let noticeTimer;
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = false;
+    clearTimeout(noticeTimer);
+    noticeTimer = setTimeout(() => { notice.hidden = true; }, 8000);
+  }
+
   const chat = {
     get cursor() { return cursor; },
     get epoch() { return epoch; },
@@ -129,6 +141,7 @@ export function startChat(transport) {
         list.replaceChildren();
         shown.clear();
         known.clear();
+        showNotice("The server restarted, so the chat started again.");
       }
       if (firstLoad) {
         // A first load holds the newest page; older ones come with "Load older".
@@ -136,6 +149,7 @@ export function startChat(transport) {
         olderButton.hidden = !oldestLoaded;
       }
       for (const message of answer.messages) show(message);
+      empty.hidden = shown.size > 0;
       cursor = answer.cursor;
       epoch = answer.epoch;
       if (atBottom) list.scrollTop = list.scrollHeight;
@@ -154,8 +168,11 @@ export function startChat(transport) {
 
 function checkLength(name, value, limit) {
   if (!value) throw new Error(`${name} must not be empty.`);
-  if (value.length > limit) {
-    throw new Error(`${name} is too long: ${value.length} characters, the limit is ${limit}.`);
+  // Count characters as the server does. JavaScript's .length counts UTF-16
+  // units, two for an emoji such as 🙂; spreading a string counts characters.
+  const length = [...value].length;
+  if (length > limit) {
+    throw new Error(`${name} is too long: ${length} characters, the limit is ${limit}.`);
   }
 }
 
@@ -169,16 +186,17 @@ export function renderMessage(message) {
   time.dateTime = message.timestamp;
   time.title = new Date(message.timestamp).toLocaleString();
   meta.append(time);
-  item.append(meta, element("p", "text", message.text), voteButton("like", "👍", message.likes),
-              voteButton("dislike", "👎", message.dislikes));
+  item.append(meta, element("p", "text", message.text), voteButton("like", "Like", message.likes),
+              voteButton("dislike", "Dislike", message.dislikes));
   return item;
 }
 
-function voteButton(kind, symbol, count) {
-  const button = element("button", "vote", `${symbol} ${count}`);
+// Words rather than 👍 and 👎, which many lab machines, lacking an emoji
+// font, show as two identical boxes. What a button shows is also its name.
+function voteButton(kind, word, count) {
+  const button = element("button", `vote ${kind}`, `${word} ${count}`);
   button.type = "button";
   button.dataset.vote = kind;
-  button.setAttribute("aria-label", `${kind === "like" ? "Like" : "Dislike"} ${count}`);
   return button;
 }
 
