@@ -24,6 +24,11 @@ PROJECT = Path(__file__).parent
 
 ON_CI = os.environ.get("CI") == "true"
 
+# Debian's Chromium, for the browser tests (Playwright's own download can't be used on CI).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
 # A module or test that should run on both stores says so with
 # @pytest.mark.parametrize("store_kind", BOTH_STORES), which overrides the fixture below.
 BOTH_STORES = ["memory", "redis"]

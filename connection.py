@@ -27,6 +27,7 @@ from functools import wraps
 import flask_sock
 from simple_websocket import ConnectionClosed
 from wsproto.frame_protocol import CloseReason, FrameProtocol
+from wsproto.utilities import LocalProtocolError
 
 # A client that takes none of the bytes we send for this long is hung up on.
 STALL_SECONDS = 5
@@ -74,11 +75,14 @@ class Connection:
         self._ws = ws
         self._socket = GuardedSocket(ws)
         ws.sock = self._socket  # from now on, every byte simple-websocket sends goes through it
+        # Our own flag: simple-websocket sets `ws.connected` again each time it
+        # reads more frames, even after we have sent our close frame.
+        self._closing = False
 
     @property
     def connected(self):
         """True until the connection starts to close, from either side."""
-        return self._ws.connected and not self._socket.closing
+        return self._ws.connected and not self._closing and not self._socket.closing
 
     def send(self, text):
         """Send one text frame. Never blocks: a client that stops reading is hung up on."""
@@ -120,11 +124,14 @@ class Connection:
 
     def close(self, code=CloseReason.NORMAL_CLOSURE, reason=""):
         """Close: our close frame, the client's answer, the TCP connection; nothing after, whoever started."""
-        if self._ws.connected:
-            try:
-                self._ws.close(code, reason)  # queues our close frame
-            except ConnectionClosed:
-                pass
+        if not self._closing:
+            self._closing = True
+            self._socket.finish()  # no frame may follow the close frame
+            if self._ws.connected:
+                try:
+                    self._ws.close(code, reason)  # queues our close frame
+                except (ConnectionClosed, LocalProtocolError):
+                    pass  # the client's close frame came first: simple-websocket has answered it
         self._socket.flush(wait=CLOSE_SECONDS)
         # simple-websocket's reader thread ends when the client answers our close
         # frame, and then closes its socket (that is, calls `GuardedSocket.close`).
@@ -151,7 +158,8 @@ class GuardedSocket:
         self._sent_bytes_waiting = 0  # bytes from `send` in the queue
         self._last_progress = time.monotonic()
         self._frame_taken = threading.Condition()
-        self.closing = False
+        self.finishing = False  # our close frame is on its way: nothing more to send or carry out
+        self.closing = False  # the connection is closed, or closing from the client's side
 
     # The socket interface that simple-websocket uses
 
@@ -171,6 +179,11 @@ class GuardedSocket:
         """Read from the socket once the route has taken its waiting frames."""
         with self._frame_taken:
             while len(self._ws.input_buffer) >= MAX_WAITING_FRAMES and not self.closing:
+                if self.finishing:
+                    # No one will carry these out: drop them, and read on until
+                    # the client's answer to our close frame.
+                    self._ws.input_buffer.clear()
+                    break
                 self._frame_taken.wait(timeout=1)
         return self._raw.recv(size)
 
@@ -192,10 +205,17 @@ class GuardedSocket:
 
     # For the connection and the broadcaster
 
+    def finish(self):
+        """Take no more offered frames: our close frame is about to be queued."""
+        with self._lock:
+            self.finishing = True
+        with self._frame_taken:
+            self._frame_taken.notify()
+
     def offer(self, frame):
         """Queue `frame` unless an earlier offered frame still waits; return whether it was queued."""
         with self._lock:
-            if self.closing or self._offered_waiting:
+            if self.closing or self.finishing or self._offered_waiting:
                 return False
             self._append(frame, offered=True)
             self._send_queued()

@@ -13,6 +13,7 @@ import json
 import simple_websocket
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable
+from werkzeug.routing import WebsocketMismatch
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
@@ -155,6 +156,16 @@ def check_upgrade(headers):
         key = b""
     if len(key) != 16:
         raise BadRequest("Sec-WebSocket-Key must be 16 random bytes in base64.")
+
+
+@bp.app_errorhandler(WebsocketMismatch)
+def not_a_websocket_handshake(error):
+    """Say what is wrong when a plain request reaches a WebSocket address (werkzeug refuses it first)."""
+    try:
+        check_upgrade(request.headers)
+    except BadRequest as reason:
+        return jsonify(error=reason.description), 400
+    return jsonify(error="This address speaks plain HTTP, not WebSocket."), 400
 
 
 @bp.errorhandler(RemoteProtocolError)

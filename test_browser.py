@@ -12,7 +12,6 @@ missing browser is an error: a green CI must mean the browser tests ran.
 """
 
 import json
-import os
 import re
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOTH_STORES, ON_CI, FlaskRun, free_port
+from conftest import BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, free_port
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -31,10 +30,6 @@ except ImportError:
     pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt",
                 allow_module_level=True)
 
-# Debian's Chromium. Where it is missing, Playwright's own (`playwright install chromium`).
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 
 CHAT_PAGES = ["/polling", "/websocket"]
 

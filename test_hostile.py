@@ -1,0 +1,728 @@
+"""Hostile and clumsy clients, against a real server: huge numbers, broken handshakes,
+invisible text, writes from other sites, oversized frames, floods and far-behind clients.
+
+Each test tries what a student's `for` loop, a page on another site or a
+hand-written client would try, and checks the answer the contract promises.
+What the server stored is always read back over HTTP, as any client would.
+"""
+
+import http.client
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from wsproto.frame_protocol import FrameProtocol
+
+from app import create_app
+from conftest import (BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, LiveServer, close_app,
+                      free_port, raw_websocket, receive_json, server_threads, wait_until)
+
+try:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    if ON_CI:
+        raise
+    sync_playwright = None  # the one browser test skips; the others don't need Playwright
+
+
+FIVE_THOUSAND_DIGITS = "9" * 5000
+# Seconds: long enough not to blame a busy machine, short enough to catch a hang.
+PROMPTLY = 10
+
+
+# Helpers
+
+
+class Answer:
+    """An HTTP answer: its status, its headers and its decoded JSON body."""
+
+    def __init__(self, response):
+        self.status = response.status
+        self.headers = response.headers
+        self.body = response.read()
+
+    @property
+    def json(self):
+        """The body, decoded; read after the status, so that a 500's HTML page fails on the status."""
+        return json.loads(self.body)
+
+
+def send_request(server, method, path, body=None, headers=None):
+    """Send one HTTP request exactly as given (bytes and headers) and return its Answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPTLY)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        return Answer(connection.getresponse())
+    finally:
+        connection.close()
+
+
+def post_json(server, path, message=None, origin=None):
+    """POST `message` as JSON (nothing, for a vote), with `origin` as Origin if given; return the Answer."""
+    headers = {"Origin": origin} if origin else {}
+    body = None
+    if message is not None:
+        body = json.dumps(message).encode()
+        headers["Content-Type"] = "application/json"
+    return send_request(server, "POST", path, body, headers)
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    """One live server for the tests of input that must change nothing; each compares before and after.
+
+    Flood control is off, so that the many bad requests of these tests can't be
+    refused for their number instead of for what they hold.
+    """
+    live = LiveServer(create_app({"TESTING": True, "RATE_LIMIT": 0, "PAGE_SIZE": 5,
+                                  "ALLOWED_ORIGINS": ["http://friend.example"]}))
+    live.post("/messages", {"user": "Azin", "text": "already here"})
+    yield live
+    live.stop()
+    close_app(live.app)
+
+
+def history(server):
+    """What the server stored, as a first load sees it: (cursor, [(text, likes, dislikes), ...])."""
+    answer = server.get("/messages")
+    return answer["cursor"], [(m["text"], m["likes"], m["dislikes"]) for m in answer["messages"]]
+
+
+def send_frame(ws, command):
+    """Send one command as a JSON text frame, in UTF-8 as browsers send it (not \\u escapes)."""
+    ws.send(json.dumps(command, ensure_ascii=False))
+
+
+def masked_text_frame(text):
+    """The bytes of one WebSocket text frame as a client must send it: masked."""
+    return bytes(FrameProtocol(client=True, extensions=[]).send_data(text))
+
+
+def read_server_frame(raw):
+    """Read one frame from the server (not masked) off a plain socket; return (opcode, payload)."""
+    header = raw.recv(2, socket.MSG_WAITALL)
+    assert len(header) == 2, "the connection ended without a close frame"
+    opcode, length = header[0] & 0x0F, header[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(raw.recv(2, socket.MSG_WAITALL), "big")
+    elif length == 127:
+        length = int.from_bytes(raw.recv(8, socket.MSG_WAITALL), "big")
+    payload = raw.recv(length, socket.MSG_WAITALL) if length else b""
+    return opcode, payload
+
+
+def frames_left(ws):
+    """The frames a closed python-websockets connection received and no one read yet, decoded."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(ws.recv(timeout=0)))
+    except ConnectionClosed:
+        return frames
+
+
+def close_code_received(raw):
+    """Read server frames until the close frame; return its code."""
+    while True:
+        opcode, payload = read_server_frame(raw)
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big")
+
+
+# Numbers of 5000 digits
+
+
+@pytest.mark.parametrize("query, argument", [
+    (f"since={FIVE_THOUSAND_DIGITS}", "since"),
+    (f"wait={FIVE_THOUSAND_DIGITS}", "wait"),
+    (f"before={FIVE_THOUSAND_DIGITS}", "before"),
+    (f"before=5&limit={FIVE_THOUSAND_DIGITS}", "limit"),
+])
+def test_query_numbers_of_5000_digits_get_400_naming_the_argument(shared_server, query, argument):
+    answer = send_request(shared_server, "GET", "/messages?" + query)
+    assert answer.status == 400
+    assert answer.json["error"].startswith(f"{argument} must be a whole number")
+    assert len(answer.json["error"]) < 200  # says what is wrong without quoting it all
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/messages", '{"user": "Azin", "text": %s}' % FIVE_THOUSAND_DIGITS),
+    ("/messages", '{"user": "Azin", "text": "Hi", "id": %s}' % FIVE_THOUSAND_DIGITS),
+    (f"/messages/{FIVE_THOUSAND_DIGITS}/like", None),
+    (f"/messages/{FIVE_THOUSAND_DIGITS}/dislike", None),
+])
+def test_numbers_of_5000_digits_in_a_body_or_a_vote_url_get_a_json_4xx_and_change_nothing(
+        shared_server, path, body):
+    before = history(shared_server)
+    headers = {"Content-Type": "application/json"} if body else {}
+    answer = send_request(shared_server, "POST", path, body and body.encode(), headers)
+    assert 400 <= answer.status < 500
+    assert answer.json["error"]
+    assert history(shared_server) == before
+
+
+# Broken WebSocket handshakes
+
+
+@pytest.fixture(scope="module")
+def logged_flask_run(tmp_path_factory):
+    """One `flask run`, its log kept in a file, for the handshake tests (they change nothing)."""
+    running = FlaskRun(free_port(), log=tmp_path_factory.mktemp("flask") / "flask.log")
+    running.start()
+    yield running
+    running.stop()
+
+
+def server_log(running):
+    """Everything a `flask run` has logged so far."""
+    return running.log.read_text(encoding="utf-8", errors="replace")
+
+
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
+KEY = {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"}
+
+
+@pytest.mark.parametrize("path, headers, complaint", [
+    ("/ws", {**UPGRADE, "Sec-WebSocket-Version": "13"}, "Sec-WebSocket-Key"),
+    ("/hello/ws", {**UPGRADE, "Sec-WebSocket-Version": "13"}, "Sec-WebSocket-Key"),
+    ("/ws", {**UPGRADE, **KEY, "Sec-WebSocket-Key": "c2hvcnQ="}, "Sec-WebSocket-Key"),
+    ("/ws", {**UPGRADE, **KEY, "Sec-WebSocket-Version": "8"}, "Sec-WebSocket-Version"),
+    ("/ws", {**UPGRADE, "Sec-WebSocket-Key": KEY["Sec-WebSocket-Key"]}, "Sec-WebSocket-Version"),
+    (f"/ws?since={FIVE_THOUSAND_DIGITS}", {**UPGRADE, **KEY}, "since must be a whole number"),
+    ("/ws", {}, "WebSocket"),  # a plain GET, as a browser's address bar sends
+    ("/ws", {"Upgrade": "websocket", **KEY}, "WebSocket"),  # no "Connection: Upgrade"
+], ids=["no key", "no key on hello", "short key", "version 8", "no version", "since of 5000 digits",
+        "plain GET", "no Connection header"])
+def test_broken_handshakes_get_400_with_a_reason_and_one_log_line_without_traceback(
+        logged_flask_run, path, headers, complaint):
+    logged_before = len(server_log(logged_flask_run))
+    answer = send_request(logged_flask_run, "GET", path, headers=headers)
+    assert answer.status == 400
+    assert complaint in answer.json["error"]
+    # werkzeug logs the request once it has been answered.
+    wait_until(lambda: '" 400 ' in server_log(logged_flask_run)[logged_before:], timeout=PROMPTLY)
+    logged = server_log(logged_flask_run)[logged_before:]
+    assert "Traceback" not in logged
+    assert len(logged.splitlines()) == 1, logged
+    assert f"GET {path} HTTP/1.1" in logged
+
+
+# Invisible text, control characters, invalid UTF-8, chunked bodies
+
+
+@pytest.mark.parametrize("body, complaint", [
+    (b'{"user": "Azin", "text": "\\u200b"}', "visible character"),
+    ('{"user": "Azin", "text": "\u200b\u200b \u2060"}'.encode(), "visible character"),
+    (b'{"user": "\\u200b", "text": "Hello"}', "visible character"),
+    (b'{"user": "Azin", "text": "\\u0001\\u0002"}', "control characters"),
+    (b'{"user": "Azin", "text": "bell \\u0007"}', "control characters"),
+    (b'{"user": "Azin", "text": "\xff\xfe Hello"}', "not valid UTF-8"),
+    (b'{"user": "Azin", "text": "\xc3 Hello"}', "not valid UTF-8"),
+], ids=["only U+200B", "only invisible", "invisible user", "\\x01\\x02", "bell", "\\xff\\xfe",
+        "truncated sequence"])
+def test_invisible_text_control_characters_and_invalid_utf8_get_400_and_nothing_is_stored(
+        shared_server, body, complaint):
+    before = history(shared_server)
+    answer = send_request(shared_server, "POST", "/messages", body,
+                          {"Content-Type": "application/json"})
+    assert answer.status == 400
+    assert complaint in answer.json["error"]
+    assert history(shared_server) == before
+
+
+def test_a_chunked_body_over_the_size_limit_gets_413_and_is_not_cut_short_and_stored(server):
+    # Valid JSON followed by spaces: cut anywhere past the closing brace, it still
+    # reads as a message, so storing a cut body would show here.
+    body = b'{"user": "Azin", "text": "chunked"}'
+    body += b" " * (72 * 1024 - len(body))
+    chunks = [body[start:start + 8192] for start in range(0, len(body), 8192)]
+    request = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+               "Connection: close\r\n\r\n").encode()
+    request += b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=PROMPTLY) as raw:
+        raw.sendall(request)
+        # Read the answer by its Content-Length: werkzeug keeps the connection
+        # open after it, reading whatever else the client might send.
+        response = http.client.HTTPResponse(raw)
+        response.begin()
+        answer = Answer(response)
+    assert answer.status == 413
+    assert answer.json["error"]
+    assert history(server) == (0, [])
+
+
+@pytest.mark.parametrize("text, complaint", [
+    ("\u200b", "visible character"),
+    ("\x01\x02", "control characters"),
+])
+def test_invisible_or_control_text_over_a_socket_gets_an_error_frame_and_nothing_is_stored(
+        shared_server, text, complaint):
+    before = history(shared_server)
+    ws = shared_server.connect()
+    receive_json(ws)
+    send_frame(ws, {"command": "send-message", "message": {"user": "Azin", "text": text}})
+    error = receive_json(ws)
+    assert error["command"] == "error"
+    assert complaint in error["error"]
+    assert history(shared_server) == before
+    ws.close()
+
+
+# Writes come from this site only
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain;charset=UTF-8",  # what fetch(url, {method: "POST", mode: "no-cors", body}) sends
+    "application/x-www-form-urlencoded",  # what a <form> on another site sends
+    "multipart/form-data; boundary=x",
+])
+def test_a_post_that_is_not_declared_json_gets_415_and_nothing_is_stored(
+        shared_server, content_type):
+    before = history(shared_server)
+    body = json.dumps({"user": "Azin", "text": "no-cors"}).encode()
+    answer = send_request(shared_server, "POST", "/messages", body, {"Content-Type": content_type})
+    assert answer.status == 415
+    assert "application/json" in answer.json["error"]
+    assert history(shared_server) == before
+
+
+WRITES = [
+    ("/messages", {"user": "Azin", "text": "in your name"}),
+    ("/messages/1/like", None),
+    ("/messages/1/dislike", None),
+]
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    ("http://evil.example", False),
+    ("http://127.0.0.1:1", False),  # the same host on another port is another site
+    ("null", False),  # a sandboxed frame or a file:// page
+    ("same", True),
+    (None, True),  # curl, scripts: not a browser page
+    ("http://friend.example", True),  # in ALLOWED_ORIGINS
+])
+@pytest.mark.parametrize("path, message", WRITES, ids=["post", "like", "dislike"])
+def test_writes_from_pages_of_other_sites_get_403_and_change_nothing_and_this_sites_go_through(
+        shared_server, origin, allowed, path, message):
+    cursor, shown = history(shared_server)
+    answer = post_json(shared_server, path, message,
+                       origin=shared_server.url if origin == "same" else origin)
+    if allowed:
+        assert answer.status in (200, 201)
+        assert history(shared_server)[0] == cursor + 1
+    else:
+        assert answer.status == 403
+        assert "may not change this chat" in answer.json["error"]
+        assert history(shared_server) == (cursor, shown)
+
+
+class OtherSite:
+    """A second web server, on another port: another origin, serving one page."""
+
+    def __init__(self, page):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = page.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def visit_in_chromium(url, done):
+    """Open `url` in headless Chromium until the JavaScript expression `done` holds;
+    return the (method, url, status) of each response it got.
+
+    Playwright's sync API runs one instance per thread, and test_browser.py's
+    session-wide one may be open in this thread: this one gets a thread of its own.
+    """
+    outcome = {"responses": []}
+
+    def browse():
+        try:
+            with sync_playwright() as playwright:
+                try:
+                    chromium = playwright.chromium.launch(
+                        executable_path=CHROMIUM if os.path.exists(CHROMIUM) else None,
+                        headless=True, args=CHROMIUM_ARGS)
+                except PlaywrightError as error:
+                    outcome["launch_error"] = str(error).splitlines()[0]
+                    return
+                try:
+                    page = chromium.new_page()
+                    page.on("response", lambda response: outcome["responses"].append(
+                        (response.request.method, response.url, response.status)))
+                    page.goto(url)
+                    page.wait_for_function(done, timeout=PROMPTLY * 1000)
+                finally:
+                    chromium.close()
+        except Exception as error:  # reported in the test's thread, below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=browse, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "Chromium did not finish within 60 s"
+    if "launch_error" in outcome:
+        reason = (f"Chromium would not start ({CHROMIUM} or Playwright's own): "
+                  f"{outcome['launch_error']}")
+        if ON_CI:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["responses"]
+
+
+def test_a_page_on_another_site_can_not_post_or_like_with_no_cors_fetches(server):
+    if sync_playwright is None:
+        pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt")
+    server.post("/messages", {"user": "Azin", "text": "here first"})
+    page = """<!doctype html><title>elsewhere</title><script>
+      const chat = %s;
+      // "Simple" requests: the browser sends them without asking the chat first.
+      Promise.allSettled([
+        fetch(chat + "/messages", {method: "POST", mode: "no-cors",
+                                   body: JSON.stringify({user: "x", text: "y"})}),
+        fetch(chat + "/messages/1/like", {method: "POST", mode: "no-cors"}),
+      ]).then(() => { document.title = "sent"; });
+    </script>""" % json.dumps(server.url)
+    with OtherSite(page) as other_site:
+        responses = visit_in_chromium(other_site.url, "document.title === 'sent'")
+    # The requests reached the chat, and it said no.
+    assert sorted((method, url, status) for method, url, status in responses
+                  if url.startswith(server.url)) == [
+        ("POST", server.url + "/messages", 403),
+        ("POST", server.url + "/messages/1/like", 403),
+    ]
+    assert history(server) == (1, [("here first", 0, 0)])
+
+
+# Error frames quote a short part of what was sent
+
+
+@pytest.mark.parametrize("command", [
+    "x" * 40_000,
+    "\U0001F600" * 16_000,  # 64,000 bytes, just under the frame limit (60,000 emoji: see below)
+], ids=["40 KB", "16,000 emoji"])
+def test_an_error_frame_quotes_only_a_short_part_of_a_long_unknown_command(
+        shared_server, command):
+    ws = shared_server.connect()
+    receive_json(ws)
+    send_frame(ws, {"command": command})
+    error = ws.recv(timeout=PROMPTLY)
+    assert len(error.encode()) < 300
+    assert json.loads(error)["command"] == "error"
+    assert "Unknown command" in json.loads(error)["error"]
+    ws.close()
+
+
+# Frames over the size limit, counted in bytes
+
+
+def test_a_frame_of_60000_emoji_is_over_the_limit_in_bytes_and_closes_with_1009(server):
+    ws = server.connect()
+    receive_json(ws)
+    text = "\U0001F600" * 60_000  # 240 KB in UTF-8, yet under 65,536 characters
+    send_frame(ws, {"command": "send-message", "message": {"user": "Azin", "text": text}})
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=PROMPTLY)
+    assert closed.value.rcvd.code == 1009
+    assert history(server) == (0, [])
+
+
+@pytest.mark.parametrize("megabytes", [5, 10])
+def test_a_client_sending_megabytes_in_one_frame_receives_1009_promptly(server, megabytes):
+    ws = server.connect()
+    receive_json(ws)
+    started = time.monotonic()
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.send("x" * (megabytes * 2**20))
+        ws.recv(timeout=PROMPTLY)
+    assert closed.value.rcvd is not None, "the connection ended without a close frame"
+    assert closed.value.rcvd.code == 1009
+    assert time.monotonic() - started < PROMPTLY
+    assert history(server) == (0, [])
+
+
+def test_a_raw_client_that_writes_a_whole_10_mb_frame_then_reads_gets_a_close_frame_with_1009(
+        server):
+    raw = raw_websocket(server.port)
+    try:
+        raw.settimeout(PROMPTLY)
+        assert read_server_frame(raw)[0] == 0x1  # the first `messages` frame
+        started = time.monotonic()
+        raw.sendall(masked_text_frame("x" * (10 * 2**20)))  # a reset here would fail the test
+        assert close_code_received(raw) == 1009
+        assert time.monotonic() - started < PROMPTLY
+    finally:
+        raw.close()
+    assert history(server) == (0, [])
+
+
+# Flood control
+
+RATE_LIMIT = 10  # the default
+BURST = 3 * RATE_LIMIT
+
+
+def test_likes_flooded_over_one_socket_are_applied_at_the_rate_limit_and_never_after_it_closes(
+        server):
+    server.post("/messages", {"user": "Azin", "text": "like me"})
+    raw = raw_websocket(server.port)
+    read_server_frame(raw)
+    like = masked_text_frame(json.dumps({"command": "like", "id": 1}))
+    flood = memoryview(like * 1000)
+    raw.settimeout(0.2)
+    sent_bytes = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 3:
+        try:
+            sent_bytes += raw.send(flood[sent_bytes % len(flood):])
+        except TimeoutError:
+            continue  # the server reads no more for now: TCP makes us wait
+        except OSError:
+            break  # the server hung up on the flood
+    raw.close()
+    sent = sent_bytes // len(like)
+    applied = history(server)[1][0][1]
+    assert applied <= RATE_LIMIT * (time.monotonic() - started) + BURST + 5
+    assert sent >= 10 * applied, f"only {sent} likes sent: not a flood"
+    # What was sent but not yet carried out is dropped with the connection.
+    time.sleep(2)
+    assert history(server)[1][0][1] == applied
+
+
+def test_sockets_that_keep_flooding_get_error_frames_then_1008_and_the_server_logs_no_error(
+        server, caplog):
+    server.post("/messages", {"user": "Azin", "text": "like me"})
+    threads_before = server_threads()
+    # Several at once, each reading everything it is sent, as a browser does.
+    sockets = [server.connect(max_queue=None) for _ in range(6)]
+    for ws in sockets:
+        receive_json(ws)
+    close_frames = {}
+
+    def flood(ws):
+        deadline = time.monotonic() + PROMPTLY
+        try:
+            while time.monotonic() < deadline:
+                send_frame(ws, {"command": "like", "id": 1})
+        except ConnectionClosed as closed:
+            close_frames[ws] = closed.rcvd
+
+    started = time.monotonic()
+    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
+    for thread in floods:
+        thread.start()
+    for thread in floods:
+        thread.join()
+    elapsed = time.monotonic() - started
+    for ws in sockets:
+        assert ws in close_frames, f"still open after {PROMPTLY} s of flooding"
+        assert close_frames[ws] is not None and close_frames[ws].code == 1008
+        refusals = [frame for frame in frames_left(ws) if frame["command"] == "error"]
+        assert refusals and all("Too many changes" in frame["error"] for frame in refusals)
+    likes = history(server)[1][0][1]
+    assert likes <= len(sockets) * (RATE_LIMIT * elapsed + BURST + 5)
+    wait_until(lambda: server_threads() <= threads_before, timeout=PROMPTLY)
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)  # Redis keeps the counts for all processes
+def test_a_burst_of_posts_beyond_the_limit_gets_429_with_retry_after_and_is_not_stored(server):
+    answers = [post_json(server, "/messages", {"user": "Azin", "text": f"burst {n}"})
+               for n in range(BURST + 20)]
+    statuses = [answer.status for answer in answers]
+    assert statuses[:BURST] == [201] * BURST
+    refused = [answer for answer in answers if answer.status == 429]
+    assert refused, statuses
+    assert set(statuses) == {201, 429}
+    for answer in refused:
+        assert int(answer.headers["Retry-After"]) >= 1
+        assert "Too many changes" in answer.json["error"]
+    stored = [text for text, _, _ in history(server)[1]]
+    assert stored == [f"burst {n}" for n, status in enumerate(statuses) if status == 201]
+
+
+@pytest.mark.config(RATE_LIMIT=0)  # flood control off, as for the benchmark
+def test_with_rate_limit_0_the_same_burst_of_posts_is_all_stored(server):
+    answers = [post_json(server, "/messages", {"user": "Azin", "text": f"burst {n}"})
+               for n in range(BURST + 20)]
+    assert [answer.status for answer in answers] == [201] * (BURST + 20)
+    assert history(server)[0] == BURST + 20
+
+
+# Error frames echo `ref`
+
+
+@pytest.mark.parametrize("ref", ["m-17", 17, 2.5, "r" * 64])
+@pytest.mark.parametrize("command", [
+    {"command": "shout"},
+    {"command": "like", "id": 99},
+    {"command": "send-message", "message": {"user": "Azin", "text": ""}},
+], ids=["unknown", "unknown id", "empty text"])
+def test_an_error_frame_echoes_the_ref_of_the_command_that_caused_it(
+        shared_server, ref, command):
+    ws = shared_server.connect()
+    receive_json(ws)
+    send_frame(ws, {**command, "ref": ref})
+    error = receive_json(ws)
+    assert error["command"] == "error"
+    assert error["ref"] == ref
+    ws.close()
+
+
+@pytest.mark.parametrize("ref", ["r" * 65, ["m-17"], {"id": 1}, True])
+def test_a_ref_too_long_or_neither_text_nor_a_number_gets_an_error_and_the_command_is_not_carried_out(
+        shared_server, ref):
+    before = history(shared_server)
+    ws = shared_server.connect()
+    receive_json(ws)
+    send_frame(ws, {"command": "like", "id": 1, "ref": ref})
+    error = receive_json(ws)
+    assert error["command"] == "error"
+    assert '"ref"' in error["error"]
+    assert "ref" not in error
+    assert history(shared_server) == before
+    ws.close()
+
+
+# History in pages
+
+
+def ids(answer):
+    """The ids of the messages in an answer, in its order."""
+    return [m["id"] for m in answer["messages"]]
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
+def test_older_history_comes_in_pages_before_the_oldest_message_shown(server):
+    for n in range(1, 13):
+        server.post("/messages", {"user": "Azin", "text": f"m{n}"})
+    first = server.get("/messages")
+    assert ids(first) == [8, 9, 10, 11, 12]
+    assert first["more"] is True
+    pages = [first]
+    while pages[-1]["more"]:
+        assert len(pages) < 5, "paging back did not end"
+        pages.append(server.get(f"/messages?before={ids(pages[-1])[0]}&limit=5"))
+    assert [ids(page) for page in pages] == [[8, 9, 10, 11, 12], [3, 4, 5, 6, 7], [1, 2]]
+    assert [page["more"] for page in pages] == [True, True, False]
+    assert all(page["cursor"] == 12 and page["epoch"] == first["epoch"] for page in pages)
+    assert ids(server.get("/messages?before=8&limit=2")) == [6, 7]
+
+
+@pytest.mark.parametrize("query, complaint", [  # the shared server's PAGE_SIZE is 5
+    ("before=5&limit=0", "limit must be from 1 to 5"),
+    ("before=5&limit=6", "limit must be from 1 to 5"),
+    ("before=5&limit=-1", "limit must be a whole number"),
+    ("before=5&limit=abc", "limit must be a whole number"),
+    ("before=-5", "before must be a whole number"),
+    ("before=5&since=0", "before can't be combined"),
+    ("before=5&wait=1", "before can't be combined"),
+])
+def test_bad_before_pages_get_400_with_a_reason(shared_server, query, complaint):
+    answer = send_request(shared_server, "GET", "/messages?" + query)
+    assert answer.status == 400
+    assert complaint in answer.json["error"]
+
+
+def make_changes_while_a_client_is_away(server):
+    """Post three messages, then nine more with likes and dislikes on old and new ones mixed in.
+
+    Return the cursor after the first three, and what a client that left then
+    must receive: {id: (text, likes, dislikes)} of each message changed since.
+    """
+    for n in range(1, 4):
+        server.post("/messages", {"user": "Azin", "text": f"m{n}"})
+    away_at = server.get("/messages")["cursor"]
+    changed = {}
+
+    def vote(message_id, vote):
+        server.post(f"/messages/{message_id}/{vote}")
+        text, likes, dislikes = changed.get(message_id, (f"m{message_id}", 0, 0))
+        changed[message_id] = (text, likes + (vote == "like"), dislikes + (vote == "dislike"))
+
+    for n in range(4, 13):
+        server.post("/messages", {"user": "Bo", "text": f"m{n}"})
+        changed[n] = (f"m{n}", 0, 0)
+        if n % 3 == 0:
+            vote(1, "like")
+            vote(n - 1, "like")
+        if n % 4 == 0:
+            vote(2, "dislike")
+    vote(5, "dislike")
+    return away_at, changed
+
+
+def states(messages):
+    """{id: (text, likes, dislikes)} of a list of messages."""
+    return {m["id"]: (m["text"], m["likes"], m["dislikes"]) for m in messages}
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
+def test_a_far_behind_client_catches_up_over_http_in_pages_with_no_gap_and_no_repeat(server):
+    away_at, changed = make_changes_while_a_client_is_away(server)
+    epoch = server.get("/messages")["epoch"]
+    cursor, received, answers = away_at, [], 0
+    while True:
+        answer = server.get(f"/messages?since={cursor}&epoch={epoch}")
+        answers += 1
+        assert answers <= 5, "catching up did not end"
+        assert len(answer["messages"]) <= 5
+        assert answer["reset"] is False and answer["more"] is False
+        received += answer["messages"]
+        if answer["cursor"] == cursor:
+            break
+        cursor = answer["cursor"]
+    assert answers >= 3  # 11 changed messages, in pages of 5
+    assert sorted(m["id"] for m in received) == sorted(changed)  # each once: no gap, no repeat
+    assert states(received) == changed
+    assert cursor == server.get("/messages")["cursor"]
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
+def test_a_far_behind_client_catches_up_over_a_socket_in_pages_with_no_gap_and_no_repeat(server):
+    away_at, changed = make_changes_while_a_client_is_away(server)
+    latest = server.get("/messages")
+    ws = server.connect(f"/ws?since={away_at}&epoch={latest['epoch']}")
+    received, cursors = [], []
+    while not cursors or cursors[-1] < latest["cursor"]:
+        frame = receive_json(ws)
+        assert len(frame["messages"]) <= 5
+        received += frame["messages"]
+        cursors.append(frame["cursor"])
+    assert len(cursors) >= 3
+    assert cursors == sorted(set(cursors))
+    assert sorted(m["id"] for m in received) == sorted(changed)
+    assert states(received) == changed
+    ws.close()
