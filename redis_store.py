@@ -211,7 +211,10 @@ class RedisStore:
     @property
     def cursor(self):
         """The cursor of the latest change."""
-        return int(self._run(self._state)[1])
+        try:
+            return int(self.redis.get("chat:cursor") or 0)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailable(f"Redis can't be reached ({error}).") from None
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 # Handshakes in flight at once: more would overflow the dev server's listen queue (128).
@@ -31,6 +32,8 @@ SETTLE_SECONDS = 0.5
 QUIET_SECONDS = 3
 # ...and in any case this long after the last message was sent.
 DRAIN_LIMIT_SECONDS = 30
+# `fill` sends this many messages at a time, and the next batch once all but the last are stored.
+FILL_BATCH = 1000
 
 
 class Client(asyncio.Protocol):
@@ -80,8 +83,9 @@ class Client(asyncio.Protocol):
 
     def close(self):
         """Start the closing handshake; `closed` completes when the server has hung up."""
-        self.protocol.send_close(1000)
-        self.flush()
+        if self.protocol.state is State.OPEN:  # else the server has started it, or the connection is gone
+            self.protocol.send_close(1000)
+            self.flush()
 
     def flush(self):
         """Write what the protocol has to send; an empty chunk means "close the TCP connection"."""
@@ -147,31 +151,43 @@ async def close_all(clients, timeout=10):
         client.close()
     await asyncio.wait([client.closed for client in clients], timeout=timeout)
     for client in clients:
-        client.transport.abort()
+        if not client.closed.done():  # a transport that is closed already can't be aborted
+            client.transport.abort()
 
 
 async def latest_cursor(url):
     """Return (cursor, epoch) of the server at `url` now."""
     client, first = await connect(url)
     await close_all([client])
+    if first.get("command") != "messages":  # such as an error frame saying that Redis can't be reached
+        raise RuntimeError(f"{url} answered {first}")
     return first["cursor"], first["epoch"]
 
 
-async def run_scenario(url, server_pid, clients, messages, rate=None):
-    """Connect `clients`, send `messages` at `rate` per second (or all at once if None); return the results."""
-    cursor, epoch = await latest_cursor(url)
+async def run_scenario(urls, server_pids, clients, messages, rate=None, redis_pids=()):
+    """Connect `clients`, send `messages` at `rate` per second (or all at once if None); return the results.
+
+    `urls` are the /ws addresses of one chat, served by the processes
+    `server_pids`: one process, or several that share a Redis. The CPU use of
+    `redis_pids` is reported apart from the servers', as `redis_cpu`.
+    """
+    # The servers share one chat, so the first one's cursor is good at all of them.
+    cursor, epoch = await latest_cursor(urls[0])
     tally = Tally(messages)
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
 
-    async def join():
+    async def join(url):
         async with gate:
             client, _ = await connect(f"{url}?since={cursor}&epoch={epoch}", tally.listener())
             return client
 
-    connected = await asyncio.gather(*(join() for _ in range(clients)))
+    # Client i joins server i % len(urls): the clients split evenly, and the
+    # first SENDERS clients, who send, take turns over the servers too.
+    connected = await asyncio.gather(*(join(urls[i % len(urls)]) for i in range(clients)))
     try:
         await asyncio.sleep(SETTLE_SECONDS)
-        cpu_start, server_cpu_start, busy_start = time.process_time(), cpu_seconds(server_pid), busy_seconds()
+        cpu_start, busy_start = time.process_time(), busy_seconds()
+        server_cpu_start, redis_cpu_start = cpu_seconds(*server_pids), cpu_seconds(*redis_pids)
         start = time.monotonic()
         senders = connected[:SENDERS]
         for seq in range(messages):
@@ -185,14 +201,15 @@ async def run_scenario(url, server_pid, clients, messages, rate=None):
         await wait_for_deliveries(tally, messages * clients)
         wall = time.monotonic() - start
         cpu = time.process_time() - cpu_start
-        server_cpu = cpu_seconds(server_pid) - server_cpu_start
-        others_cpu = busy_seconds() - busy_start - cpu - server_cpu
+        server_cpu = cpu_seconds(*server_pids) - server_cpu_start
+        redis_cpu = cpu_seconds(*redis_pids) - redis_cpu_start
+        others_cpu = busy_seconds() - busy_start - cpu - server_cpu - redis_cpu
     finally:
         await close_all(connected)
-    return summarize(tally, clients, wall, cpu, server_cpu, others_cpu)
+    return summarize(tally, clients, wall, cpu, server_cpu, others_cpu, redis_cpu)
 
 
-def summarize(tally, clients, wall, cpu, server_cpu, others_cpu):
+def summarize(tally, clients, wall, cpu, server_cpu, others_cpu, redis_cpu):
     """Turn a finished Tally into the numbers run.py prints."""
     # A message that did not reach every client has no latency: it counts as infinitely late.
     latencies = sorted(
@@ -213,6 +230,7 @@ def summarize(tally, clients, wall, cpu, server_cpu, others_cpu):
         "generator_cpu": cpu / wall,
         "generator_us_per_delivery": cpu / max(1, tally.delivered) * 1e6,
         "server_cpu": server_cpu / wall,
+        "redis_cpu": redis_cpu / wall,
         "others_cpu": max(0.0, others_cpu / wall),
     }
 
@@ -222,12 +240,15 @@ def percentile(sorted_values, p):
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
-def cpu_seconds(pid):
-    """Return the user plus system CPU seconds used so far by process `pid`, all threads together."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # Fields after the command name, which is in parentheses and may hold spaces.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(*pids):
+    """Return the user plus system CPU seconds used so far by the processes `pids`, all threads together."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def busy_seconds():
@@ -255,24 +276,39 @@ async def fill(url, count):
     cursor, epoch = await latest_cursor(url)
     target = cursor + count
     reached = asyncio.get_running_loop().create_future()
+    heard = cursor  # the latest cursor the server has sent
 
     def on_text(data, now):
+        nonlocal heard
         frame = json.loads(data)
         if reached.done():
             return
         if frame["command"] != "messages":
             reached.set_exception(RuntimeError(f"the server refused a message: {frame}"))
-        elif frame["cursor"] >= target:
+            return
+        heard = frame["cursor"]
+        if heard >= target:
             reached.set_result(None)
 
     client, _ = await connect(f"{url}?since={cursor}&epoch={epoch}", on_text)
     try:
         for seq in range(count):
+            if seq % FILL_BATCH == 0:
+                # Stay at most two batches ahead of the server. Our answer to its
+                # ping waits behind every frame we sent before it, and the server
+                # hangs up on a client whose answer is 25 s late (ping_interval).
+                while heard < cursor + seq - FILL_BATCH and not (reached.done() or client.closed.done()):
+                    await asyncio.sleep(0.01)
+                if reached.done() or client.closed.done():
+                    break
             frame = {"command": "send-message", "message": {"user": "filler", "text": f"message {seq}"}}
             client.send_text(json.dumps(frame))
-            if seq % 1000 == 999:
-                await asyncio.sleep(0)  # let the replies in, so neither side's buffers balloon
-        await asyncio.wait_for(reached, timeout=300)
+        # If the server hangs up, the target will never come: stop waiting then.
+        await asyncio.wait([reached, client.closed], timeout=300, return_when=asyncio.FIRST_COMPLETED)
+        if not reached.done():
+            why = "closed the connection" if client.closed.done() else "had not stored them all in 300 s"
+            raise RuntimeError(f"the server {why} after storing {heard - cursor:,} of {count:,} messages")
+        reached.result()  # raises if the server refused a message
     finally:
         await close_all([client])
     return target, epoch

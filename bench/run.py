@@ -1,15 +1,23 @@
 """Benchmark the chat app's /ws against a minimal python-websockets server, and time GET /messages.
 
-Run from the project root:
+Run from the project root, in the project's virtual environment:
 
-    python bench/run.py           # the full run, about 3 minutes
-    python bench/run.py --quick   # a smoke run of about 15 seconds, with smaller numbers
+    .venv/bin/python bench/run.py                   # the full run, about 3 minutes
+    .venv/bin/python bench/run.py --quick           # a smoke run of about 20 seconds, with smaller numbers
+    .venv/bin/python bench/run.py --redis           # the Redis store on two processes, about 8 minutes
+    .venv/bin/python bench/run.py --redis --quick   # its smoke run, about 40 seconds
 
-It starts the app with `flask run` and bench/baseline_server.py, drives both
-with the same load generator (bench/loadgen.py), taking turns, and prints what
-each delivered, how fast, and how late. Then it starts two fresh copies of the
-app, one holding 100 messages and one holding 100,000, and times
+By default it starts the app with `flask run` and bench/baseline_server.py, drives
+both with the same load generator (bench/loadgen.py), taking turns, and prints
+what each delivered, how fast, and how late. Then it starts two fresh copies of
+the app, one holding 100 messages and one holding 100,000, and times
 `GET /messages?since=<latest>` on each in turn.
+
+With --redis it starts a redis-server of its own and two `flask run` processes
+sharing it, and drives the 1000 clients and the burst against three servers in
+turn: the app in memory on one process, the pair with half the clients on each,
+and the baseline. Then it times the same GET with 100 and with 100,000 messages
+stored in Redis.
 """
 
 import argparse
@@ -20,6 +28,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,6 +37,7 @@ import sys
 import tempfile
 import time
 
+import redis
 import websockets
 
 import loadgen
@@ -54,59 +65,114 @@ WARM_UP = 20  # GET requests per app not timed, so both have loaded their code p
 
 # `python -m flask` is the `flask` command of the Python running this script.
 FLASK_RUN = [sys.executable, "-m", "flask", "run", "--port", "{port}"]
+BASELINE = [sys.executable, os.path.join(BENCH, "baseline_server.py"), "--port", "{port}"]
+# A Redis that keeps nothing on disk: each run starts empty, and no write waits for a disk.
+REDIS_SERVER = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 P99_SCENARIO, BURST_SCENARIO = 1, 2  # which scenarios the targets are about
-TARGETS = {"p99": 1.2, "burst": 0.9, "get": 1.2}
+TARGETS = {"p99": 1.2, "burst": 0.9, "get": 1.2}  # ours against the baseline
+REDIS_TARGETS = {"p99": 1.3, "burst": 0.5, "get": 1.2}  # the Redis pair against the app in memory
+
+# The three servers of the Redis mode, as the tables name them.
+MEMORY, PAIR, BASELINE_NAME = "memory", "redis x2", "baseline"
 
 
 def main():
-    """Run every scenario against both servers, then the GET test, and print the results."""
+    """Run the benchmark that the command line asks for, and print the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run with smaller numbers")
     parser.add_argument("--rounds", type=int, help="rounds of each scenario against each server")
+    parser.add_argument("--redis", action="store_true",
+                        help="the Redis store on two processes against the in-memory store on one")
     args = parser.parse_args()
     size = "quick" if args.quick else "full"
     rounds = args.rounds or ROUNDS[size]
+    if args.redis and not shutil.which("redis-server"):
+        sys.exit("--redis needs redis-server on the PATH (Debian: apt-get install redis-server).")
 
     # A thousand clients need a thousand sockets here and a thousand in the app,
     # which inherits this limit because it is raised before the app starts.
     _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
+    # Stopped with `kill`, end as on Ctrl-C: through the `with Servers` blocks, which stop every server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    print_machine()
+    print_machine(args.redis)
     logs = tempfile.mkdtemp(prefix="chat-bench-")
     print(f"Server logs: {logs}")
+    if args.redis:
+        benchmark_redis(logs, size, rounds)
+    else:
+        benchmark_in_memory(logs, size, rounds)
 
+
+def benchmark_in_memory(logs, size, rounds):
+    """The app against the baseline in every scenario, then GET with few and with many messages in memory."""
+    scenarios = SCENARIOS[size]
     with Servers(logs) as servers:
         servers.start("ours", FLASK_RUN)
-        servers.start("baseline", [sys.executable, os.path.join(BENCH, "baseline_server.py"), "--port", "{port}"])
-        results = asyncio.run(run_scenarios(servers, SCENARIOS[size], rounds))
+        servers.start("baseline", BASELINE)
+        chats = {"ours": servers.chat("ours"), "baseline": servers.chat("baseline")}
+        results = asyncio.run(run_scenarios(chats, scenarios, rounds))
 
     small, large = STORED[size]
     with Servers(logs) as servers:
+        ports = {count: servers.start(f"ours, {count} stored", FLASK_RUN) for count in (small, large)}
+        costs = time_get_since_latest(ports, GET_REQUESTS[size])
+
+    print_targets(results, scenarios, costs, (small, large))
+    print_generator_check(results, scenarios[P99_SCENARIO])
+
+
+def benchmark_redis(logs, size, rounds):
+    """The Redis pair against the app in memory and the baseline, then GET with few and with many messages in Redis."""
+    scenarios = [SCENARIOS[size][P99_SCENARIO], SCENARIOS[size][BURST_SCENARIO]]
+    with Servers(logs) as servers:
+        # Redis runs throughout, so its CPU is counted apart in every scenario, not as "others".
+        redis_url = servers.start_redis("redis-server")
+        servers.start(MEMORY, FLASK_RUN)
+        servers.start("app A on redis", FLASK_RUN, redis_url=redis_url)
+        servers.start("app B on redis", FLASK_RUN, redis_url=redis_url)
+        servers.start(BASELINE_NAME, BASELINE)
+        redis_pids = [servers.pid("redis-server")]
+        chats = {
+            MEMORY: servers.chat(MEMORY, redis_pids=redis_pids),
+            PAIR: servers.chat("app A on redis", "app B on redis", redis_pids=redis_pids),
+            BASELINE_NAME: servers.chat(BASELINE_NAME, redis_pids=redis_pids),
+        }
+        results = asyncio.run(run_scenarios(chats, scenarios, rounds))
+
+    # One Redis for each app, so that the two can take turns as in the in-memory test.
+    small, large = STORED[size]
+    with Servers(logs) as servers:
+        ports = {}
         for count in (small, large):
-            servers.start(stored_name(count), FLASK_RUN)
-        costs = time_get_since_latest(servers, (small, large), GET_REQUESTS[size])
+            redis_url = servers.start_redis(f"redis-server, {count} stored")
+            ports[count] = servers.start(f"app on redis, {count} stored", FLASK_RUN, redis_url=redis_url)
+        costs = time_get_since_latest(ports, GET_REQUESTS[size], where=" in Redis")
 
-    print_targets(results, SCENARIOS[size], costs, (small, large))
-    print_generator_check(results, SCENARIOS[size])
+    print_redis_targets(results, scenarios, costs, (small, large))
+    print_generator_check(results, scenarios[0])
 
 
-async def run_scenarios(servers, scenarios, rounds):
-    """Run each scenario `rounds` times against each server, taking turns; return {(scenario, server): [result]}."""
+async def run_scenarios(chats, scenarios, rounds):
+    """Run each scenario `rounds` times against each chat, taking turns; return {(title, chat name): [result]}.
+
+    `chats` maps a name to the servers of one chat, as `Servers.chat` describes them.
+    """
+    with_redis = any(chat["redis_pids"] for chat in chats.values())
     results = {}
-    for index, (title, clients, messages, rate) in enumerate(scenarios):
+    for title, clients, messages, rate in scenarios:
         print(f"\n== {title} ==")
-        print(TABLE_HEADER)
+        print(TABLE_HEADER + (REDIS_COLUMN if with_redis else ""))
         for round_number in range(1, rounds + 1):
-            for name in ("ours", "baseline"):
-                url = f"ws://127.0.0.1:{servers.port[name]}/ws"
-                result = await loadgen.run_scenario(url, servers.pid(name), clients, messages, rate)
-                results.setdefault((index, name), []).append(result)
-                print(table_row(name, f"round {round_number}", result), flush=True)
+            for name, chat in chats.items():
+                result = await loadgen.run_scenario(**chat, clients=clients, messages=messages, rate=rate)
+                results.setdefault((title, name), []).append(result)
+                print(table_row(name, f"round {round_number}", result, with_redis), flush=True)
         if rounds > 1:
-            for name in ("ours", "baseline"):
-                print(table_row(name, "median", median_result(results[(index, name)])))
+            for name in chats:
+                print(table_row(name, "median", median_result(results[(title, name)]), with_redis))
     return results
 
 
@@ -114,19 +180,21 @@ TABLE_HEADER = (
     f"{'server':<9} {'':<8} {'delivered/expected':>26} {'deliveries/s':>13} {'frames/s':>9}"
     f" {'p50 ms':>8} {'p99 ms':>8} {'gen CPU':>8} {'srv CPU':>8} {'others':>7}"
 )
+REDIS_COLUMN = f" {'redis CPU':>10}"
 
 
-def table_row(name, label, result):
+def table_row(name, label, result, with_redis=False):
     """Return one line of the results table."""
     delivered, expected = result["delivered"], result["expected"]
     share = f"{delivered:,}/{expected:,} ({delivered / expected:.0%})"
     if result.get("duplicates"):
         share += f" +{result['duplicates']} dup"
-    return (
+    row = (
         f"{name:<9} {label:<8} {share:>26} {result['deliveries_per_s']:>13,.0f} {result['frames_per_s']:>9,.0f}"
         f" {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f}"
         f" {result['generator_cpu']:>8.0%} {result['server_cpu']:>8.0%} {result['others_cpu']:>7.0%}"
     )
+    return row + (f" {result['redis_cpu']:>10.0%}" if with_redis else "")
 
 
 def median_result(results):
@@ -134,24 +202,24 @@ def median_result(results):
     return {key: statistics.median(result[key] for result in results) for key in results[0]}
 
 
-def time_get_since_latest(servers, stored_counts, requests):
+def time_get_since_latest(ports, requests, where=""):
     """Fill each app with its number of messages, then time GETs of the latest changes on each in turn.
 
-    Taking turns, rather than timing one app and then the other, keeps any
-    drift in the machine's speed out of the ratio. Returns {count: p50 seconds}.
+    `ports` maps the number of messages to store to the port of the app that
+    stores them. Taking turns, rather than timing one app and then the other,
+    keeps any drift in the machine's speed out of the ratio. Returns {count: p50 seconds}.
     """
     latest = {}
-    for count in stored_counts:
+    for count, port in ports.items():
         started = time.monotonic()
-        url = f"ws://127.0.0.1:{servers.port[stored_name(count)]}/ws"
-        latest[count] = asyncio.run(loadgen.fill(url, count))
-        print(f"\nStored {count:,} messages over one WebSocket in {time.monotonic() - started:.1f} s")
+        latest[count] = asyncio.run(loadgen.fill(f"ws://127.0.0.1:{port}/ws", count))
+        print(f"\nStored {count:,} messages{where} over one WebSocket in {time.monotonic() - started:.1f} s")
 
-    print(f"\n== GET /messages?since=<latest>: {requests} requests each, a new connection each ==")
-    durations = {count: [] for count in stored_counts}
+    print(f"\n== GET /messages?since=<latest>{where}: {requests} requests each, a new connection each ==")
+    durations = {count: [] for count in ports}
     for turn in range(WARM_UP + requests):
         for count, (cursor, epoch) in latest.items():
-            elapsed = time_one_get(servers.port[stored_name(count)], cursor, epoch)
+            elapsed = time_one_get(ports[count], cursor, epoch)
             if turn >= WARM_UP:
                 durations[count].append(elapsed)
     for count, values in durations.items():
@@ -160,11 +228,6 @@ def time_get_since_latest(servers, stored_counts, requests):
             f" p50 {statistics.median(values) * 1000:.3f} ms"
         )
     return {count: statistics.median(values) for count, values in durations.items()}
-
-
-def stored_name(count):
-    """Return the name of the app started to hold `count` messages."""
-    return f"ours, {count} stored"
 
 
 def time_one_get(port, cursor, epoch):
@@ -183,27 +246,54 @@ def time_one_get(port, cursor, epoch):
 
 
 def print_targets(results, scenarios, costs, stored_counts):
-    """Print the issue's three ratios next to their targets."""
+    """Print three ratios next to their targets: ours against the baseline twice, and GET with many against few."""
     small, large = stored_counts
 
-    def ratio(index, key):
-        ours = median_result(results[(index, "ours")])[key]
-        baseline = median_result(results[(index, "baseline")])[key]
+    def ratio(title, key):
+        ours = median_result(results[(title, "ours")])[key]
+        baseline = median_result(results[(title, "baseline")])[key]
         return ours / baseline
 
     p99_title, burst_title = scenarios[P99_SCENARIO][0], scenarios[BURST_SCENARIO][0]
     rows = [
-        (f"p99 latency, {p99_title}: ours / baseline", ratio(P99_SCENARIO, "p99_ms"), "<=", TARGETS["p99"]),
-        (f"throughput, {burst_title}: ours / baseline", ratio(BURST_SCENARIO, "deliveries_per_s"), ">=", TARGETS["burst"]),
+        (f"p99 latency, {p99_title}: ours / baseline", ratio(p99_title, "p99_ms"), "<=", TARGETS["p99"]),
+        (f"throughput, {burst_title}: ours / baseline", ratio(burst_title, "deliveries_per_s"), ">=", TARGETS["burst"]),
         (f"GET since latest, {large:,} / {small:,} stored (p50)", costs[large] / costs[small], "<=", TARGETS["get"]),
     ]
     print("\n== Targets (medians over rounds) ==")
     for label, value, sign, target in rows:
-        met = value <= target if sign == "<=" else value >= target
-        print(f"{label:<62} {value:>6.2f}   target {sign} {target}   {'met' if met else 'NOT met'}")
+        print(f"{label:<62} {value:>6.2f}   target {sign} {target}   {verdict(value, sign, target)}")
 
 
-def print_generator_check(results, scenarios):
+def print_redis_targets(results, scenarios, costs, stored_counts):
+    """Print the Redis pair's ratios to the app in memory next to their targets, with the baseline's figures beside."""
+    small, large = stored_counts
+    (p99_title, *_), (burst_title, *_) = scenarios
+    print(f"\n== Targets (medians over rounds); ratio = {PAIR} / {MEMORY} ==")
+    print(f"{'':<50} {MEMORY:>11} {PAIR:>11} {BASELINE_NAME:>11} {'ratio':>7}")
+    rows = [
+        (f"p99 ms, {p99_title}", p99_title, "p99_ms", "{:>11.1f}", "<=", REDIS_TARGETS["p99"]),
+        (f"deliveries/s, {burst_title}", burst_title, "deliveries_per_s", "{:>11,.0f}", ">=", REDIS_TARGETS["burst"]),
+    ]
+    for label, title, key, number, sign, target in rows:
+        figures = {name: median_result(results[(title, name)])[key] for name in (MEMORY, PAIR, BASELINE_NAME)}
+        value = figures[PAIR] / figures[MEMORY]
+        print(f"{label:<50} {' '.join(number.format(f) for f in figures.values())} {value:>7.2f}"
+              f"   target {sign} {target}   {verdict(value, sign, target)}")
+    value = costs[large] / costs[small]
+    label = f"GET since latest in Redis, p50 ms, {small:,} / {large:,} stored"
+    figures = f"{costs[small] * 1000:.3f} / {costs[large] * 1000:.3f}"
+    print(f"{label:<62} {figures:>23} {value:>7.2f}   target <= {REDIS_TARGETS['get']}"
+          f"   {verdict(value, '<=', REDIS_TARGETS['get'])}")
+
+
+def verdict(value, sign, target):
+    """Return whether `value` meets `target`, in words."""
+    met = value <= target if sign == "<=" else value >= target
+    return "met" if met else "NOT met"
+
+
+def print_generator_check(results, p99_scenario):
     """Print how busy the load generator was, and name the runs where it, not the server, set the pace."""
     print(
         "\nLoad generator: one asyncio process driving websockets' Sans-I/O protocol from asyncio"
@@ -216,20 +306,22 @@ def print_generator_check(results, scenarios):
         " latency a ceiling, for that server."
     )
     paced = [
-        f"{scenarios[index][0]} / {name}: {sum(r['generator_cpu'] > 0.8 > r['server_cpu'] for r in runs)} of {len(runs)}"
-        for (index, name), runs in results.items()
+        f"{title} / {name}: {sum(r['generator_cpu'] > 0.8 > r['server_cpu'] for r in runs)} of {len(runs)}"
+        for (title, name), runs in results.items()
         if any(r["generator_cpu"] > 0.8 > r["server_cpu"] for r in runs)
     ]
     print("Runs paced by the generator (gen CPU > 80% > srv CPU): " + ("; ".join(paced) or "none"))
-    title, clients = scenarios[P99_SCENARIO][:2]
-    cost = statistics.median(r["generator_us_per_delivery"] for name in ("ours", "baseline") for r in results[(P99_SCENARIO, name)])
+    title, clients = p99_scenario[:2]
+    cost = statistics.median(
+        r["generator_us_per_delivery"] for (scenario, _), runs in results.items() if scenario == title for r in runs)
     print(
         f"In '{title}' the generator spent {cost:.0f} us of CPU per delivery, so reading one message"
-        f" on all {clients} clients takes it about {cost * clients / 1000:.0f} ms: part of both servers' latency there."
+        f" on all {clients} clients takes it about {cost * clients / 1000:.0f} ms:"
+        " part of every server's latency there."
     )
 
 
-def print_machine():
+def print_machine(with_redis=False):
     """Print what this ran on, so numbers from different machines are not compared by mistake."""
     with open("/proc/cpuinfo") as cpuinfo:
         models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
@@ -239,8 +331,13 @@ def print_machine():
         f" Python {platform.python_version()}, websockets {websockets.__version__};"
         f" load average {os.getloadavg()[0]:.1f}"
     )
+    if with_redis:
+        version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+        print(f"Redis: {' '.join(version[:3])}; redis-py {redis.__version__}")
     print("Columns: gen CPU, srv CPU and others are shares of one core used by the load generator,")
     print("the server, and every other process on the machine, from the first send to the last delivery.")
+    if with_redis:
+        print(f"For {PAIR}, srv CPU adds both app processes; redis CPU is redis-server's, apart from others.")
 
 
 class Servers:
@@ -252,29 +349,53 @@ class Servers:
         self.processes = {}
         self.log_files = []
 
-    def start(self, name, command):
-        """Start `command` (with {port} filled in) from the project root and wait until it answers."""
+    def start(self, name, command, redis_url=None):
+        """Start `command` (with {port} filled in) from the project root, wait until it answers; return its port.
+
+        An app given `redis_url` keeps its messages in that Redis; without it, in memory.
+        """
+        if name in self.processes:  # it would be forgotten, and left running at the end
+            raise ValueError(f"a server named {name!r} has been started already")
         port = free_port()
-        env = dict(os.environ, FLASK_MAX_MESSAGES="200000")
+        # The benchmark's few clients send far faster than a person: flood control would refuse them.
+        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0")
         env.pop("FLASK_DEBUG", None)  # debug mode would start a reloader and a second process
+        env.pop("FLASK_REDIS_URL", None)  # a Redis set in the shell must not slip into the in-memory runs
+        if redis_url:
+            env["FLASK_REDIS_URL"] = redis_url
         log = open(os.path.join(self.logs, name.replace(" ", "_").replace(",", "") + ".log"), "w")
         self.log_files.append(log)
         command = [part.format(port=port) for part in command]
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.port[name] = port
         wait_until_listening(port, self.processes[name], log.name)
+        return port
+
+    def start_redis(self, name):
+        """Start a redis-server that keeps nothing on disk; return its URL."""
+        # --dir: where it would write its files if it wrote any, rather than the project root.
+        port = self.start(name, REDIS_SERVER + ["--dir", self.logs])
+        return f"redis://127.0.0.1:{port}/0"
 
     def pid(self, name):
         """Return the process id of server `name`."""
         return self.processes[name].pid
 
+    def chat(self, *names, redis_pids=()):
+        """Return what loadgen.run_scenario needs to drive the chat that the servers `names` serve together."""
+        return {
+            "urls": [f"ws://127.0.0.1:{self.port[name]}/ws" for name in names],
+            "server_pids": [self.pid(name) for name in names],
+            "redis_pids": list(redis_pids),
+        }
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
-        for process in self.processes.values():
+        # The latest first, so that the apps stop before the Redis they use.
+        for process in reversed(self.processes.values()):
             process.terminate()
-        for process in self.processes.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
