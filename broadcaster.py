@@ -88,7 +88,14 @@ class Broadcaster:
         frames = {}  # shared by everyone at the same cursor: each frame is built and encoded once
         someone_behind = False
         for subscriber in subscribers:
-            someone_behind |= subscriber.feed(self.store, frames, latest)
+            try:
+                someone_behind |= subscriber.feed(self.store, frames, latest)
+            except StoreUnavailable:
+                raise  # no one can be served: the round fails
+            except Exception:
+                # Something about this one client: it loses its connection, not the others their round.
+                log.exception("Could not send to a subscriber; hanging up on it.")
+                subscriber.connection.hang_up()
         return latest, someone_behind
 
 

@@ -122,6 +122,11 @@ class Connection:
         """Send what waits for this client, as far as its socket takes it; True if no offered frame waits."""
         return self._socket.push()
 
+    def hang_up(self):
+        """End the connection at once, without a closing handshake (for a client that can't be served)."""
+        self._closing = True
+        self._socket.hang_up()
+
     def close(self, code=CloseReason.NORMAL_CLOSURE, reason=""):
         """Close: our close frame, the client's answer, the TCP connection; nothing after, whoever started."""
         if not self._closing:
@@ -158,7 +163,7 @@ class GuardedSocket:
         self._sent_bytes_waiting = 0  # bytes from `send` in the queue
         self._last_progress = time.monotonic()
         self._frame_taken = threading.Condition()
-        self.finishing = False  # our close frame is on its way: nothing more to send or carry out
+        self.finishing = False  # our close frame is on its way: nothing may follow it
         self.closing = False  # the connection is closed, or closing from the client's side
 
     # The socket interface that simple-websocket uses
@@ -166,7 +171,8 @@ class GuardedSocket:
     def send(self, data):
         """Queue bytes and send what the socket takes now; hang up if too much waits."""
         with self._lock:
-            if self.closing:
+            # Once we close, the close frame (FIN and opcode 8: 0x88) is the last thing sent.
+            if self.closing or (self.finishing and data[:1] != b"\x88"):
                 return len(data)
             if self._sent_bytes_waiting + len(data) > MAX_QUEUED_BYTES:
                 self._hang_up()
