@@ -137,7 +137,7 @@ if reset or (since == 0 and client_epoch == "") then
   return newest_page(epoch, reset, page_size)
 end
 -- The messages changed after `since`, in the order of their last change.
-local changed = redis.call("ZRANGEBYSCORE", changes_key, "(" .. since, "+inf",
+local changed = redis.call("ZRANGEBYSCORE", changes_key, "(" .. ARGV[3], "+inf",
                            "WITHSCORES", "LIMIT", 0, page_size + 1)
 local count = #changed / 2
 if count > page_size then

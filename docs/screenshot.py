@@ -1,7 +1,6 @@
 """Make docs/screenshot.png for the README: the polling and WebSocket pages side by side.
 
-Run it from the project folder: python docs/screenshot.py
-(the 👍 and 👎 need an emoji font, e.g. Debian's fonts-noto-color-emoji).
+Run it from the project folder: .venv/bin/python docs/screenshot.py
 
 It starts the app with `flask run` on a free port, has a short conversation
 over plain HTTP, then photographs each chat page as a different person in
@@ -18,12 +17,9 @@ from playwright.sync_api import expect, sync_playwright
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
-from conftest import FlaskRun, free_port  # noqa: E402  the tests' own `flask run` helper
+from conftest import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
 
 OUTPUT = PROJECT / "docs" / "screenshot.png"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 WIDTH, HEIGHT, GAP = 600, 760, 16
 
 CONVERSATION = [
@@ -33,7 +29,7 @@ CONVERSATION = [
     ("Ben", "Open the Network tab: polling keeps one request waiting for news, "
             "the WebSocket page keeps one connection open for everything."),
     ("Chidi", "And if you stop the server, both say reconnecting and catch up afterwards."),
-    ("Azin", "Nice, I'll show that in class today 🙂"),
+    ("Azin", "Nice, I'll show that in class today :)"),
 ]
 LIKES = {2: 2, 4: 3, 5: 1}  # message number -> how many likes
 DISLIKES = {3: 1}
