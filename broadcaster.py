@@ -88,14 +88,7 @@ class Broadcaster:
         frames = {}  # shared by everyone at the same cursor: each frame is built and encoded once
         someone_behind = False
         for subscriber in subscribers:
-            try:
-                someone_behind |= subscriber.feed(self.store, frames, latest)
-            except StoreUnavailable:
-                raise  # no one can be served: the round fails
-            except Exception:
-                # Something about this one client: it loses its connection, not the others their round.
-                log.exception("Could not send to a subscriber; hanging up on it.")
-                subscriber.connection.hang_up()
+            someone_behind |= subscriber.feed(self.store, frames, latest)
         return latest, someone_behind
 
 
@@ -117,7 +110,7 @@ class Subscriber:
         with self.lock:
             if not self.connection.connected:
                 return False
-            if not self.connection.push():
+            if not self.safely(self.connection.push):
                 return True  # still taking its last frame: it skips this round
             place = (self.cursor, self.epoch)
             if place not in frames:
@@ -128,9 +121,22 @@ class Subscriber:
             frame, cursor, epoch = frames[place]
             # With nothing to show (the changes were to messages dropped since),
             # the cursor moves on without a frame.
-            if frame is None or self.connection.offer(frame):
+            if frame is None or self.safely(self.connection.offer, frame):
                 self.cursor, self.epoch = cursor, epoch
             return latest is not None and self.cursor < latest
+
+    def safely(self, send, *args):
+        """Call `send`; if it fails unexpectedly, hang up on this client alone, and return False.
+
+        A store that fails fails the whole round (it is logged once, and the
+        next round tries again); a connection that fails costs only its client.
+        """
+        try:
+            return send(*args)
+        except Exception:
+            log.exception("Could not send to a client; hanging up on it.")
+            self.connection.hang_up()
+            return False
 
 
 def messages_frame(answer):

@@ -190,17 +190,22 @@ def free_port():
 class FlaskRun:
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
-    def __init__(self, port, env=None, log=None):
+    def __init__(self, port, env=None, log=None, open_files=None):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
         self.log = log  # a file for the server's output, or None to drop it
+        self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.process = None
 
     def start(self):
+        command = [sys.executable, "-m", "flask", "run", "--port", str(self.port)]
+        if self.open_files:
+            # As a learner's shell would set it; `exec` keeps the process id, to read its memory.
+            command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "run", "--port", str(self.port)],
+            command,
             cwd=PROJECT,
             env=self.env,
             stdout=output,

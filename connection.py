@@ -19,6 +19,7 @@ reads from. The attributes of simple-websocket it relies on are listed in
 
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -42,6 +43,8 @@ RECEIVE_TIMEOUT = 30
 
 # Windows has no MSG_DONTWAIT: there, sends block and a stalled client slows the others.
 DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# The most a TLS socket is given at once: one TLS record.
+TLS_RECORD_BYTES = 16384
 
 # simple-websocket's `Server` attributes used here, so an upgrade that renames one fails a test.
 SIMPLE_WEBSOCKET_INTERNALS = ("sock", "event", "thread", "input_buffer", "connected",
@@ -275,7 +278,7 @@ class GuardedSocket:
         while self._queue:
             first, offered = self._queue[0]
             try:
-                sent = self._raw.send(first, DONT_WAIT)
+                sent = self._send_some(first)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -293,6 +296,16 @@ class GuardedSocket:
             self._queue.popleft()
             if offered:
                 self._offered_waiting = False
+
+    def _send_some(self, data):
+        """Send what the socket takes now, without waiting for more room; return how many bytes went."""
+        if isinstance(self._raw, ssl.SSLSocket):
+            # TLS sockets take no flags (flask run --cert): send one TLS record's
+            # worth, and only when the socket has room for more.
+            if not wait_until_ready(self._raw, selectors.EVENT_WRITE, 0):
+                return 0
+            return self._raw.send(data[:TLS_RECORD_BYTES])
+        return self._raw.send(data, DONT_WAIT)
 
     def _hang_up(self):
         # A close frame would wait behind everything else. Shutting the socket
@@ -314,6 +327,8 @@ class GuardedSocket:
         connection, and the client may lose our close frame (with its code,
         such as 1009 for a frame too big) before reading it.
         """
+        if isinstance(self._raw, ssl.SSLSocket):
+            return  # reading without waiting needs flags, which TLS sockets don't take
         deadline = time.monotonic() + CLOSE_SECONDS
         while (remaining := deadline - time.monotonic()) > 0:
             if not wait_until_ready(self._raw, selectors.EVENT_READ, remaining):

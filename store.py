@@ -161,7 +161,8 @@ def checked_text(value, name, limit):
         raise ValueError(f"{name} must not be empty.")
     if len(value) > limit:
         raise ValueError(f"{name} is too long: {len(value)} characters, the limit is {limit}.")
-    categories = {unicodedata.category(character) for character in value}
+    # A quick look first: printable text holds neither halves of characters nor control characters.
+    categories = set() if value.isprintable() else {unicodedata.category(c) for c in value}
     if "Cs" in categories:  # JSON's "\ud800" decodes to half a character, which can't be sent on
         raise ValueError(f"{name} contains an invalid character (half of a surrogate pair).")
     if "Cc" in categories:  # tabs, line breaks, escape sequences, ...: text is one plain line

@@ -1,18 +1,22 @@
 """Slow, hostile and numerous clients, against a real server."""
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (FlaskRun, LiveServer, free_port, raw_websocket, receive_json, receive_until,
-                      server_threads, wait_until)
+from conftest import (PROJECT, FlaskRun, LiveServer, free_port, raw_websocket, receive_json,
+                      receive_until, server_threads, wait_until)
 
 
 def read_first_frame(raw):
@@ -210,3 +214,41 @@ def test_memory_stays_flat_once_max_messages_is_reached():
         assert after - before < 5000, f"RSS grew from {before} kB to {after} kB"
     finally:
         running.stop()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
+def test_websockets_work_over_tls_when_flask_run_serves_https(tmp_path):
+    # A certificate of our own for 127.0.0.1, trusted by the client only.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    trust = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flask", "run", "--port", str(port),
+         "--cert", tmp_path / "cert.pem", "--key", tmp_path / "key.pem"],
+        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: answers(f"https://127.0.0.1:{port}/", trust), timeout=15)
+        with connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as ws, \
+                connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as other:
+            receive_json(ws), receive_json(other)
+            ws.send(json.dumps({"command": "send-message",
+                                "message": {"user": "Azin", "text": "over TLS " + "x" * 900}}))
+            for client in (ws, other):
+                assert receive_json(client)["messages"][0]["text"].startswith("over TLS")
+            ws.close()
+            assert ws.close_code == 1000
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def answers(url, context):
+    """True if `url` answers at all."""
+    try:
+        urllib.request.urlopen(url, timeout=1, context=context).close()
+        return True
+    except OSError:
+        return False
