@@ -221,6 +221,7 @@ class FlaskRun:
             except OSError:
                 assert self.process.poll() is None, "flask run exited"
                 time.sleep(0.1)
+        self.stop()
         raise AssertionError("flask run did not start within 15 s")
 
     def stop(self):

@@ -27,6 +27,7 @@ from functools import wraps
 
 import flask_sock
 from simple_websocket import ConnectionClosed
+from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 from wsproto.utilities import LocalProtocolError
 
@@ -47,7 +48,7 @@ DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 TLS_RECORD_BYTES = 16384
 
 # simple-websocket's `Server` attributes used here, so an upgrade that renames one fails a test.
-SIMPLE_WEBSOCKET_INTERNALS = ("sock", "event", "thread", "input_buffer", "connected",
+SIMPLE_WEBSOCKET_INTERNALS = ("sock", "ws", "event", "thread", "input_buffer", "connected",
                               "max_message_size", "receive", "close")
 
 
@@ -78,6 +79,11 @@ class Connection:
         self._ws = ws
         self._socket = GuardedSocket(ws)
         ws.sock = self._socket  # from now on, every byte simple-websocket sends goes through it
+        # simple-websocket's reader thread starts during the handshake, before
+        # this route: it may have sent a close frame through the bare socket
+        # already (wsproto, which writes it, says so first). Then nothing may follow.
+        if ws.ws.state is not ConnectionState.OPEN:
+            self._socket.finish()
         # Our own flag: simple-websocket sets `ws.connected` again each time it
         # reads more frames, even after we have sent our close frame.
         self._closing = False
@@ -166,7 +172,7 @@ class GuardedSocket:
         self._sent_bytes_waiting = 0  # bytes from `send` in the queue
         self._last_progress = time.monotonic()
         self._frame_taken = threading.Condition()
-        self.finishing = False  # our close frame is on its way: nothing may follow it
+        self.finishing = False  # a close frame is on its way: nothing may follow it
         self.closing = False  # the connection is closed, or closing from the client's side
 
     # The socket interface that simple-websocket uses
@@ -174,9 +180,12 @@ class GuardedSocket:
     def send(self, data):
         """Queue bytes and send what the socket takes now; hang up if too much waits."""
         with self._lock:
-            # Once we close, the close frame (FIN and opcode 8: 0x88) is the last thing sent.
-            if self.closing or (self.finishing and data[:1] != b"\x88"):
+            # A close frame (FIN and opcode 8: 0x88), ours or our answer to the
+            # client's, is the last thing sent: drop anything after it.
+            is_close_frame = data[:1] == b"\x88"
+            if self.closing or (self.finishing and not is_close_frame):
                 return len(data)
+            self.finishing |= is_close_frame
             if self._sent_bytes_waiting + len(data) > MAX_QUEUED_BYTES:
                 self._hang_up()
             else:
@@ -226,12 +235,26 @@ class GuardedSocket:
         with self._lock:
             if self.closing or self.finishing or self._offered_waiting:
                 return False
+            if not self._queue:  # the usual case, and the one to make fast: send it at once
+                try:
+                    sent = self._send_some(frame)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self._hang_up()
+                    return True
+                if sent == len(frame):
+                    self._last_progress = time.monotonic()
+                    return True
+                frame = memoryview(frame)[sent:]
             self._append(frame, offered=True)
             self._send_queued()
             return True
 
     def push(self):
         """Send queued bytes as far as the socket takes them; return True if no offered frame waits."""
+        if not self._queue:  # nothing to send: no need to wait for the lock
+            return True
         with self._lock:
             self._send_queued()
             return not self._offered_waiting

@@ -10,6 +10,7 @@ import socket
 from importlib.metadata import version
 
 import simple_websocket
+from wsproto.connection import ConnectionState
 
 from connection import SIMPLE_WEBSOCKET_INTERNALS, encode_text_frame
 
@@ -35,6 +36,7 @@ def test_simple_websocket_still_has_the_internals_that_connection_py_relies_on()
         assert ws.sock is server_end, "simple-websocket no longer reads and writes through ws.sock"
         assert isinstance(ws.input_buffer, list), "ws.input_buffer is no longer a list of frames"
         assert ws.thread.is_alive(), "ws.thread is no longer simple-websocket's reader thread"
+        assert ws.ws.state is ConnectionState.OPEN, "ws.ws is no longer the wsproto connection"
     finally:
         client_end.close()
         ws.thread.join(timeout=5)

@@ -252,3 +252,68 @@ def answers(url, context):
         return True
     except OSError:
         return False
+
+
+def client_frame(opcode, payload=b""):
+    """One masked frame, as a client must send it (RFC 6455, 5.3), of up to 125 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def read_until_the_server_hangs_up(raw, timeout=10):
+    """Read everything the server sends until it closes the connection."""
+    raw.settimeout(timeout)
+    received = b""
+    while chunk := raw.recv(65536):
+        received += chunk
+    return received
+
+
+def frames_in(data):
+    """Split what a server sent (unmasked frames) into (opcode, payload) pairs; fail on leftover bytes."""
+    frames = []
+    while data:
+        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        assert len(data) >= start + length, f"not a frame: {data[:40]!r}"
+        frames.append((opcode, data[start:start + length]))
+        data = data[start + length:]
+    return frames
+
+
+@pytest.mark.parametrize("path", ["/ws", "/hello/ws"])
+@pytest.mark.parametrize("who_closes", ["client", "server"])
+def test_nothing_follows_the_close_frame_whoever_closes_first(server, path, who_closes):
+    for _ in range(20):
+        raw = raw_websocket(server.port, path)
+        if who_closes == "client":
+            raw.sendall(client_frame(0x8, (1000).to_bytes(2, "big")))
+        else:  # a frame too big: the server closes with 1009
+            raw.sendall(bytes([0x81, 0xFF]) + (70000).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 70000)
+        frames = frames_in(read_until_the_server_hangs_up(raw))
+        raw.close()
+        # Perhaps the first frame (Hello, or the first messages frame), if the
+        # route got to send it before the close, then the close frame, and
+        # nothing after it: bytes of an HTTP response would not parse as frames.
+        assert [opcode for opcode, _ in frames] in ([0x1, 0x8], [0x8]), frames
+        expected_code = 1000 if who_closes == "client" else 1009
+        assert int.from_bytes(frames[-1][1][:2], "big") == expected_code
+
+
+def test_a_hello_client_that_floods_pings_and_never_reads_is_let_go(server):
+    threads_before = server_threads()
+    raw = raw_websocket(server.port, "/hello/ws", receive_buffer=4096)
+    started = time.monotonic()
+    raw.settimeout(30)
+    try:
+        while time.monotonic() - started < 30:
+            raw.sendall(client_frame(0x9, b"p" * 125) * 100)  # pongs pile up on our side
+    except OSError:
+        pass  # the server hung up: the sending fails
+    assert time.monotonic() - started < 30, "the server still holds a client that never reads"
+    raw.close()
+    wait_until(lambda: server_threads() <= threads_before, timeout=10)
