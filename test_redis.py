@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 
 import pytest
 from websockets.sync.client import connect
@@ -75,6 +76,13 @@ class Processes:
 
 
 @pytest.fixture
+def open_socket():
+    """A function that opens a real WebSocket client (python-websockets); all are closed after the test."""
+    with ExitStack() as clients:
+        yield lambda url, **options: clients.enter_context(connect(url, **options))
+
+
+@pytest.fixture
 def shared_redis(redis_server):
     """The session's redis-server, emptied for this test."""
     redis_server.client().flushall()
@@ -114,7 +122,7 @@ def test_a_post_to_one_process_reaches_sockets_and_long_polls_of_the_other(two_p
 
 @pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
 def test_clients_joining_one_process_while_another_thread_posts_to_both_get_every_message_once(
-        two_processes):
+        two_processes, open_socket):
     a, b = two_processes
     total = 300
     done = threading.Event()
@@ -130,8 +138,8 @@ def test_clients_joining_one_process_while_another_thread_posts_to_both_get_ever
     while not done.is_set() and len(clients) < 20:
         # History from A, then the WebSocket of B from A's cursor: a cursor is good everywhere.
         history = get(a.url, "/messages")
-        ws = connect(f"ws://127.0.0.1:{b.port}/ws?since={history['cursor']}&epoch={history['epoch']}",
-                     max_size=None)
+        ws = open_socket(f"ws://127.0.0.1:{b.port}/ws?since={history['cursor']}&epoch={history['epoch']}",
+                         max_size=None)
         clients.append((history, ws))
     poster.join()
     assert len(clients) >= 5
@@ -142,7 +150,6 @@ def test_clients_joining_one_process_while_another_thread_posts_to_both_get_ever
         cursors = [frame["cursor"] for frame in frames]
         assert cursors == sorted(set(cursors)), "cursors must grow on every connection"
         assert cursors[0] >= history["cursor"]
-        ws.close()
 
 
 @pytest.mark.config(RATE_LIMIT=0)  # 400 likes from one address
@@ -199,7 +206,7 @@ def gunicorn_connections(port, master_pid):
     return held
 
 
-def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis, tmp_path):
+def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis, tmp_path, open_socket):
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")
     gunicorn = subprocess.Popen(
@@ -212,7 +219,7 @@ def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis
     try:
         wait_until(lambda: get_or_none(url + "/messages"), timeout=20)
         for _ in range(24):
-            sockets.append(connect(f"ws://127.0.0.1:{port}/ws", open_timeout=20))
+            sockets.append(open_socket(f"ws://127.0.0.1:{port}/ws", open_timeout=20))
         for ws in sockets:
             receive_json(ws)
         held = gunicorn_connections(port, gunicorn.pid)
@@ -295,7 +302,7 @@ def test_flushall_resets_clients_and_never_mixes_the_two_histories(two_processes
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["no persistence", "appendfsync always"])
 def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_returns(
-        tmp_path, persistent):
+        tmp_path, persistent, open_socket):
     redis_server = start_redis_server(tmp_path, persistent)
     processes = Processes(redis_server.url, tmp_path)
     a, b = processes.start()
@@ -303,7 +310,7 @@ def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_retur
         for n in range(3):
             assert post(a.url, "/messages", {"user": "Azin", "text": f"before {n}"})[0] == 201
         before = get(a.url, "/messages")
-        ws = connect(f"ws://127.0.0.1:{b.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
+        ws = open_socket(f"ws://127.0.0.1:{b.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
         receive_json(ws)
         threads_before = threads_of(a.process.pid)
 
