@@ -156,6 +156,26 @@ def post_message(base_url, user, text):
         return json.load(response)
 
 
+def post_lines(base_url, count):
+    """Post "Line 01", "Line 02", ... up to `count`, as Azin."""
+    for number in range(1, count + 1):
+        post_message(base_url, "Azin", f"Line {number:02}")
+
+
+def lines(first, last):
+    """The shown messages "Line `first`" to "Line `last`", as to_have_text expects them."""
+    return [re.compile(f"Line {number:02}") for number in range(first, last + 1)]
+
+
+def wait_for_held_request(page, held, complaint):
+    """Let the page run (up to 5 s) until it has made a request that the test's route holds in `held`."""
+    for _ in range(250):
+        if held:
+            return
+        page.wait_for_timeout(20)  # the page's events, the route's handler included, run meanwhile
+    raise AssertionError(complaint)
+
+
 def other_page(path):
     """The chat page that `path` is not."""
     return "/websocket" if path == "/polling" else "/polling"
@@ -374,11 +394,7 @@ def test_next_message_typed_while_the_last_is_on_its_way_is_kept(server, open_ch
     page.route(lambda url: url.endswith("/messages"),
                lambda route: posts_on_their_way.append(route))
     send(page, "Azin", "First")
-    for _ in range(250):  # up to 5 s, until the browser has sent the POST
-        if posts_on_their_way:
-            break
-        page.wait_for_timeout(20)
-    assert posts_on_their_way, "the page sent no POST /messages"
+    wait_for_held_request(page, posts_on_their_way, "the page sent no POST /messages")
 
     page.get_by_label("Message", exact=True).fill("Second, typed meanwhile")
     posts_on_their_way[0].continue_()
@@ -421,8 +437,7 @@ def list_scroll(page):
 def test_list_follows_new_messages_when_the_reader_is_at_the_bottom(server, open_chat, path):
     page = open_chat(server.url + path)
 
-    for number in range(1, 31):
-        post_message(server.url, "Azin", f"Line {number:02}")
+    post_lines(server.url, 30)
 
     expect(message(page, "Line 30")).to_be_in_viewport()
     scroll = list_scroll(page)
@@ -433,8 +448,7 @@ def test_list_follows_new_messages_when_the_reader_is_at_the_bottom(server, open
 
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_list_stays_put_when_the_reader_has_scrolled_up(server, open_chat, path):
-    for number in range(1, 31):
-        post_message(server.url, "Azin", f"Line {number:02}")
+    post_lines(server.url, 30)
     page = open_chat(server.url + path)
     expect(message(page, "Line 30")).to_be_in_viewport()
 
@@ -507,24 +521,22 @@ def test_message_posted_over_http_appears_on_both_pages_without_reload(server, o
 @pytest.mark.config(PAGE_SIZE=5)
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_load_older_shows_earlier_pages_until_the_whole_history_is_there(server, open_chat, path):
-    for number in range(1, 13):
-        post_message(server.url, "Azin", f"Line {number:02}")
+    post_lines(server.url, 12)
     page = open_chat(server.url + path)
     older = page.get_by_role("button", name=re.compile("^Load older"))
 
-    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(8, 13)])
+    expect(messages(page)).to_have_text(lines(8, 12))
     older.click()
-    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(3, 13)])
+    expect(messages(page)).to_have_text(lines(3, 12))
     older.click()
-    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(1, 13)])
+    expect(messages(page)).to_have_text(lines(1, 12))
     expect(older).to_be_hidden()
 
 
 @pytest.mark.config(PAGE_SIZE=5)
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_votes_on_messages_not_loaded_yet_show_once_they_are(server, open_chat, path):
-    for number in range(1, 13):
-        post_message(server.url, "Azin", f"Line {number:02}")
+    post_lines(server.url, 12)
     page = open_chat(server.url + path)
     expect(messages(page)).to_have_count(5)
 
@@ -543,17 +555,12 @@ def test_votes_on_messages_not_loaded_yet_show_once_they_are(server, open_chat, 
 @pytest.mark.config(PAGE_SIZE=5)
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_an_older_page_that_arrives_late_does_not_undo_newer_counts(server, open_chat, path):
-    for number in range(1, 13):
-        post_message(server.url, "Azin", f"Line {number:02}")
+    post_lines(server.url, 12)
     page = open_chat(server.url + path)
     held = []
     page.route(re.compile(r"/messages\?before="), lambda route: held.append(route))
     page.get_by_role("button", name=re.compile("^Load older")).click()
-    for _ in range(250):
-        if held:
-            break
-        page.wait_for_timeout(20)
-    assert held, "the page did not ask for older messages"
+    wait_for_held_request(page, held, "the page did not ask for older messages")
     older_page = held[0].fetch()  # the server's answer now: Line 05 has no likes yet
 
     server.post("/messages/5/like")  # not shown yet
@@ -577,11 +584,7 @@ def test_a_page_catching_up_places_messages_by_id_whatever_order_they_come_in(
     page.route(re.compile(r"/messages\?since="),
                lambda route: held.append(route) if holding else route.continue_())
     store.like(1)  # answers the long poll on its way; the next one is held
-    for _ in range(250):
-        if held:
-            break
-        page.wait_for_timeout(20)
-    assert held, "the page did not ask for news again"
+    wait_for_held_request(page, held, "the page did not ask for news again")
 
     for number in range(4, 11):
         store.add("Azin", f"Line {number:02}")
@@ -589,7 +592,7 @@ def test_a_page_catching_up_places_messages_by_id_whatever_order_they_come_in(
     holding = False
     held[0].continue_()
 
-    expect(messages(page)).to_have_text([re.compile(f"Line {n:02}") for n in range(1, 11)])
+    expect(messages(page)).to_have_text(lines(1, 10))
     expect(vote_button(message(page, "Line 04"), "Like 1")).to_be_visible()
 
 

@@ -49,6 +49,7 @@ import time
 from urllib.parse import urlsplit
 
 import loadgen
+from run import free_port, wait_until_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -501,27 +502,6 @@ class Servers:
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 server.process.wait()
-
-
-def free_port():
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_listening(port, process, log_path, timeout=30):
-    """Wait until `port` accepts connections; fail if the process exits or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode}; see {log_path}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the server did not listen on port {port} within {timeout} s; see {log_path}")
 
 
 if __name__ == "__main__":
