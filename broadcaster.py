@@ -70,9 +70,12 @@ class Broadcaster:
                     log.warning("Broadcasting again after %d failed rounds.", failed_rounds)
                     failed_rounds = 0
                 self.store.wait(latest, timeout=RETRY_INTERVAL if someone_behind else IDLE_INTERVAL)
-            except Exception:
+            except Exception as error:
                 if not failed_rounds:  # once, not on every round while the cause lasts
-                    log.exception("A broadcast round failed; retrying every %s s.", FAILURE_PAUSE)
+                    if isinstance(error, StoreUnavailable):  # the reason says it all
+                        log.warning("A broadcast round failed: %s Retrying every %s s.", error, FAILURE_PAUSE)
+                    else:
+                        log.exception("A broadcast round failed; retrying every %s s.", FAILURE_PAUSE)
                 failed_rounds += 1
                 time.sleep(FAILURE_PAUSE)
 
