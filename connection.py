@@ -84,14 +84,13 @@ class Connection:
         # already (wsproto, which writes it, says so first). Then nothing may follow.
         if ws.ws.state is not ConnectionState.OPEN:
             self._socket.finish()
-        # Our own flag: simple-websocket sets `ws.connected` again each time it
-        # reads more frames, even after we have sent our close frame.
-        self._closing = False
 
     @property
     def connected(self):
         """True until the connection starts to close, from either side."""
-        return self._ws.connected and not self._closing and not self._socket.closing
+        # Not `ws.connected` alone: simple-websocket sets it again each time it
+        # reads more frames, even after a close frame has gone out.
+        return self._ws.connected and not self._socket.finishing and not self._socket.closing
 
     def send(self, text):
         """Send one text frame. Never blocks: a client that stops reading is hung up on."""
@@ -133,13 +132,11 @@ class Connection:
 
     def hang_up(self):
         """End the connection at once, without a closing handshake (for a client that can't be served)."""
-        self._closing = True
         self._socket.hang_up()
 
     def close(self, code=CloseReason.NORMAL_CLOSURE, reason=""):
         """Close: our close frame, the client's answer, the TCP connection; nothing after, whoever started."""
-        if not self._closing:
-            self._closing = True
+        if not self._socket.finishing:  # else a close frame, ours or our answer to the client's, went out
             self._socket.finish()  # no frame may follow the close frame
             if self._ws.connected:
                 try:

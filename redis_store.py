@@ -295,6 +295,11 @@ class RedisStore:
                 self._heard = (epoch, cursor)
                 self._changes.notify_all()
 
+    def _hear_state(self):
+        """Hear the epoch and cursor that Redis holds now (the listener's own errors are Redis's)."""
+        epoch, cursor = self._state(keys=KEYS, args=[secrets.token_hex(8), self.run_id])
+        self._hear(epoch.decode(), int(cursor))
+
     def _listen(self):
         """Hear every change any process publishes, and wake `wait`; forever, through Redis going away."""
         down_since = None
@@ -303,8 +308,7 @@ class RedisStore:
                 with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe(CHANNEL)
                     # What was published while we were away is lost: read the cursor instead.
-                    epoch, cursor = self._state(keys=KEYS, args=[secrets.token_hex(8), self.run_id])
-                    self._hear(epoch.decode(), int(cursor))
+                    self._hear_state()
                     if down_since is not None:
                         log.warning("Redis is back after %.1f s.", time.monotonic() - down_since)
                         down_since = None
@@ -324,8 +328,7 @@ class RedisStore:
                 self._hear(epoch, int(cursor))
                 last_heard = time.monotonic()
             elif time.monotonic() - last_heard >= LISTEN_INTERVAL:
-                epoch, cursor = self._state(keys=KEYS, args=[secrets.token_hex(8), self.run_id])
-                self._hear(epoch.decode(), int(cursor))
+                self._hear_state()
                 last_heard = time.monotonic()
 
 
