@@ -3,11 +3,12 @@
 // and hands what the server answers to apply().
 export function startChat(transport) {
   const form = document.getElementById("send-form");
-  const showError = (error) => { document.getElementById("error").textContent = error?.message ?? ""; };
+  const showError = (text) => { document.getElementById("error").textContent = text; };
   form.onsubmit = (event) => {
     event.preventDefault(); // we send it ourselves, and stay on the page
     transport.send({ user: form.user.value, text: form.text.value })
-      .then(() => { form.text.value = ""; showError(); }, showError); // on failure, the text stays
+      .then(() => { form.text.value = ""; showError(""); })
+      .catch((error) => showError(error.message)); // what was typed stays, to send again
   };
   let cursor = 0;
   return {

@@ -24,7 +24,7 @@ function connect() {
     const frame = JSON.parse(event.data);
     switch (frame.command) {
       case "messages": chat.apply(frame); break;
-      case "error": chat.showError(frame); break;
+      case "error": chat.showError(frame.error); break;
       default: throw new Error(`Unknown command: ${frame.command}`);
     }
   };
