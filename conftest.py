@@ -1,5 +1,6 @@
 """Fixtures shared by the tests: the app, Flask's test client, and real servers."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -321,3 +322,12 @@ def raw_websocket(port, path="/ws", receive_buffer=None):
         response += chunk
     assert response.startswith(b"HTTP/1.1 101"), response
     return raw
+
+
+def import_fresh(path, name):
+    """Import the Python file at `path` as a new module called `name`: a new app, with empty state."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # Flask finds a module's templates/ and static/ through it
+    spec.loader.exec_module(module)
+    return module

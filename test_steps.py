@@ -12,7 +12,6 @@ skipped, except on CI (CI=true), where a missing browser is an error.
 
 import ast
 import importlib.metadata
-import importlib.util
 import itertools
 import json
 import os
@@ -32,8 +31,8 @@ from packaging.requirements import Requirement
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (CHROMIUM, CHROMIUM_ARGS, ON_CI, PROJECT, LiveServer, free_port, raw_websocket,
-                      receive_json, receive_until, wait_until)
+from conftest import (CHROMIUM, CHROMIUM_ARGS, ON_CI, PROJECT, LiveServer, free_port, import_fresh,
+                      raw_websocket, receive_json, receive_until, wait_until)
 
 STEPS = PROJECT / "steps"
 ALL_STEPS = ["1-hello", "2-polling", "3-websocket", "4-likes"]
@@ -49,12 +48,7 @@ copies = itertools.count()
 
 def load_step(step):
     """Import a step's app.py afresh, under a name of its own: each copy is a new, empty chat."""
-    name = f"step_{step.replace('-', '_')}_{next(copies)}"
-    spec = importlib.util.spec_from_file_location(name, STEPS / step / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # Flask finds the step's templates/ and static/ through it
-    spec.loader.exec_module(module)
-    return module
+    return import_fresh(STEPS / step / "app.py", f"step_{step.replace('-', '_')}_{next(copies)}")
 
 
 @pytest.fixture
