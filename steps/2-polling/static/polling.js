@@ -1,9 +1,9 @@
 // The polling page's transport: long polling GET /messages for what is new, POST to send.
 import { startChat } from "./chat.js";
 
-const json = { "Content-Type": "application/json" };
+const headers = { "Content-Type": "application/json" }; // what POST /messages takes
 const chat = startChat({
-  send: (message) => request("/messages", { method: "POST", headers: json, body: JSON.stringify(message) }),
+  send: (message) => request("/messages", { method: "POST", headers, body: JSON.stringify(message) }),
 });
 
 /** Fetch `url`; return the JSON answer, or throw the server's explanation. */

@@ -1,9 +1,9 @@
 // The polling page's transport: long polling GET /messages for changes, POST to send and vote.
 import { startChat } from "./chat.js";
 
-const json = { "Content-Type": "application/json" };
+const headers = { "Content-Type": "application/json" }; // what POST /messages takes
 const chat = startChat({
-  send: (message) => request("/messages", { method: "POST", headers: json, body: JSON.stringify(message) }),
+  send: (message) => request("/messages", { method: "POST", headers, body: JSON.stringify(message) }),
   vote: (id, vote) => request(`/messages/${id}/${vote}`, { method: "POST" }),
 });
 
