@@ -478,7 +478,9 @@ class Servers:
         """Start `command` (with {port} filled in) from the project root, wait until it listens; return a Server."""
         port = free_port()
         # The senders here send far faster than a person: the app's flood control would refuse them.
-        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0")
+        # And every client comes from 127.0.0.1, which may otherwise hold only 100 sockets.
+        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0",
+                   FLASK_MAX_SOCKETS_PER_ADDRESS="100000")
         for name_to_drop in ("FLASK_DEBUG", "FLASK_REDIS_URL", "FLASK_APP"):
             env.pop(name_to_drop, None)  # a reloader's second process, a shared Redis, another app
         log_path = os.path.join(self.logs, name.replace(" ", "_").replace(",", "") + ".log")
