@@ -38,7 +38,8 @@ STEPS = PROJECT / "steps"
 ALL_STEPS = ["1-hello", "2-polling", "3-websocket", "4-likes"]
 CHAT_STEPS = ["2-polling", "3-websocket", "4-likes"]  # those with the chat's HTTP API
 SOCKET_STEPS = ["3-websocket", "4-likes"]  # those with the chat's WebSocket, /ws
-# The lines of code each step may have, Python, HTML, JavaScript and CSS together (see `lines_of_code`).
+# The lines each step may have, Python, HTML, JavaScript and CSS together, counted as lines of code
+# (`lines_of_code`): blank lines, comments and docstrings are free, so that a step can explain itself.
 BUDGETS = {"1-hello": 40, "2-polling": 200, "3-websocket": 200, "4-likes": 200}
 # What a step may import besides the standard library: Flask, flask-sock and what they install.
 ALLOWED_IMPORTS = {"flask", "flask_sock", "simple_websocket", "werkzeug", "wsproto", "jinja2"}
