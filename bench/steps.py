@@ -92,8 +92,10 @@ def main():
     for name, command in COUNTING.items():
         with Servers(logs) as servers:
             server = servers.start(f"{name} counting", command)
+            idle = asyncio.run(warm_up(server))
             for title, clients, messages, rate in ENCODE_RUNS:
                 result = asyncio.run(encodes(server, clients, messages, rate))
+                asyncio.run(settle(server, idle))
                 print(f"{name:<8} {title:<28} {messages:>8} {result['delivered']:>10,}/{result['expected']:<9,}"
                       f" {result['json']:>7,} {result['frames']:>7,} {result['json'] / messages:>9.2f}"
                       f" {result['json'] / messages / clients:>12.3f}", flush=True)
@@ -114,7 +116,10 @@ def main():
           f" all {BURST_CLIENTS} clients must receive each ==")
     loadgen.DRAIN_LIMIT_SECONDS = max(loadgen.DRAIN_LIMIT_SECONDS, BURST_DRAIN_LIMIT)
     with Servers(logs) as servers:
-        chats = {name: servers.start(f"{name} burst", command).chat("/ws") for name, command in PLAIN.items()}
+        chats = {}
+        for name, command in PLAIN.items():
+            server = servers.start(f"{name} burst", command)
+            chats[name] = {**server.chat("/ws"), "server": server}
         results = asyncio.run(bursts(chats, args.rounds))
     step3, app = (median_result(results[name]) for name in ("step 3", "app"))
     print()
@@ -163,16 +168,13 @@ def counts(server):
 async def threads(server):
     """Count the server's threads: idle, with IDLE_CLIENTS, and with STALLED_CLIENTS whose buffers are full."""
     url = f"ws://127.0.0.1:{server.port}/ws"
-    await loadgen.close_all([(await loadgen.connect(url))[0]])  # starts what starts on the first connection
-    await asyncio.sleep(1)
-    result = {"idle": thread_count(server.pid)}
+    result = {"idle": await warm_up(server)}
 
     connected = await connect_clients(url, IDLE_CLIENTS, lambda: (lambda data, now: None))
     await asyncio.sleep(loadgen.SETTLE_SECONDS)
     result["with clients"] = thread_count(server.pid)
     await loadgen.close_all(connected)
-    await wait_for(lambda: thread_count(server.pid) <= result["idle"], timeout=60)
-    result["after they left"] = thread_count(server.pid)
+    await settle(server, result["idle"])
 
     stalled = await asyncio.to_thread(lambda: [stalled_client(server.port) for _ in range(STALLED_CLIENTS)])
     reader_inbox = Inbox(f"~{os.urandom(4).hex()}:".encode())  # what naive.py's reader counts
@@ -259,8 +261,10 @@ async def bursts(chats, rounds):
     print(f"{'server':<8} {'':<8} {'delivered/expected':>24} {'deliveries/s':>13} {'p99 ms':>9}"
           f" {'srv CPU':>8} {'gen CPU':>8} {'others':>7}")
     results = {name: [] for name in chats}
+    idle = {name: await warm_up(chat["server"]) for name, chat in chats.items()}
     for round_number in range(1, rounds + 1):
         for name, chat in chats.items():
+            await settle(chat["server"], idle[name])
             result = await loadgen.run_scenario(urls=chat["urls"], server_pids=chat["server_pids"],
                                                 clients=BURST_CLIENTS, messages=BURST_MESSAGES, rate=None)
             results[name].append(result)
@@ -280,6 +284,20 @@ def burst_row(name, label, result):
 
 
 # Shared
+
+
+async def warm_up(server):
+    """Connect and leave once, to start what starts with a first connection; return the threads when idle."""
+    await loadgen.close_all([(await loadgen.connect(f"ws://127.0.0.1:{server.port}/ws"))[0]])
+    await asyncio.sleep(1)
+    return thread_count(server.pid)
+
+
+async def settle(server, idle, timeout=120):
+    """Wait until the server is back to its `idle` threads: every client of the last run has gone."""
+    if not await wait_for(lambda: thread_count(server.pid) <= idle, timeout):
+        print(f"  (the server still had {thread_count(server.pid) - idle} more threads than when idle"
+              f" after {timeout} s)")
 
 
 async def connect_clients(url, clients, make_listener):
