@@ -331,3 +331,33 @@ def import_fresh(path, name):
     sys.modules[name] = module  # Flask finds a module's templates/ and static/ through it
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole test session, for test_browser.py and test_steps.py alike.
+
+    Playwright's sync API runs one instance at a time, so the browser tests of
+    every module share this one. Without Playwright or Chromium the test is
+    skipped, except on CI (CI=true), where that is an error.
+    """
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if ON_CI:
+            raise
+        pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt")
+    executable = CHROMIUM if Path(CHROMIUM).exists() else None
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except PlaywrightError as error:
+            first_line = str(error).splitlines()[0]
+            reason = f"Chromium would not start ({CHROMIUM} or Playwright's own): {first_line}"
+            if ON_CI:
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        yield chromium
+        chromium.close()

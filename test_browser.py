@@ -4,8 +4,9 @@ Each simulated person gets a browser context of their own (their own storage
 and connections), so two contexts are two people chatting. Elements are found
 the way a person finds them: by their labels, roles and accessible names.
 
-The browser fixtures live here rather than in conftest.py because only these
-tests need Playwright: the other tests run without it.
+The page fixtures live here rather than in conftest.py because only these
+tests need them. The browser itself, `browser`, is conftest.py's: Playwright's
+sync API runs one at a time, and test_steps.py drives the same one.
 
 Without Chromium these tests are skipped, except on CI (CI=true), where a
 missing browser is an error: a green CI must mean the browser tests ran.
@@ -15,15 +16,13 @@ import json
 import re
 import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from conftest import BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, free_port
+from conftest import BOTH_STORES, ON_CI, FlaskRun, free_port
 
 try:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:
     if ON_CI:
         raise
@@ -39,24 +38,6 @@ RECONNECT_TIMEOUT = 20_000
 
 
 # Fixtures
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """One headless Chromium for the whole test session."""
-    executable = CHROMIUM if Path(CHROMIUM).exists() else None
-    with sync_playwright() as playwright:
-        try:
-            chromium = playwright.chromium.launch(
-                executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        except PlaywrightError as error:
-            first_line = str(error).splitlines()[0]
-            reason = f"Chromium would not start ({CHROMIUM} or Playwright's own): {first_line}"
-            if ON_CI:
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-        yield chromium
-        chromium.close()
 
 
 class PageOpener:

@@ -6,8 +6,8 @@ start a step as a learner would, with `flask --app ... run`: from the project
 folder, and from a copy of the step alone, with nothing installed but Flask,
 flask-sock and what they need.
 
-The browser tests drive Chromium as test_browser.py does; without it they are
-skipped, except on CI (CI=true), where a missing browser is an error.
+The browser tests drive conftest's Chromium, as test_browser.py does; without it
+they are skipped, except on CI (CI=true), where a missing browser is an error.
 """
 
 import ast
@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (CHROMIUM, CHROMIUM_ARGS, ON_CI, PROJECT, LiveServer, free_port, import_fresh,
+from conftest import (ON_CI, PROJECT, LiveServer, free_port, import_fresh,
                       raw_websocket, receive_json, receive_until, wait_until)
 
 STEPS = PROJECT / "steps"
@@ -520,30 +520,11 @@ def test_a_vote_for_a_message_that_isnt_there_gets_404_with_an_error_and_changes
 
 
 try:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:
     if ON_CI:
         raise
-    sync_playwright = None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium for these tests, launched as test_browser.py launches its own."""
-    if sync_playwright is None:
-        pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt")
-    with sync_playwright() as playwright:
-        try:
-            chromium = playwright.chromium.launch(
-                executable_path=CHROMIUM if Path(CHROMIUM).exists() else None, headless=True, args=CHROMIUM_ARGS)
-        except PlaywrightError as error:
-            reason = f"Chromium would not start: {str(error).splitlines()[0]}"
-            if ON_CI:
-                pytest.fail(reason, pytrace=False)
-            pytest.skip(reason)
-        yield chromium
-        chromium.close()
+    expect = None  # conftest's `browser` fixture skips the tests that need it
 
 
 @pytest.fixture
