@@ -7,6 +7,7 @@ itself going away, restarting or being flushed.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -352,6 +353,68 @@ def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_retur
         redis_server.stop()
 
 
+def answer_of(request, timeout=10):
+    """Send a urllib request and return (status, decoded JSON); a server that takes longer fails the test."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_everything_recovers(
+        tmp_path, open_socket):
+    redis_server = start_redis_server(tmp_path)
+    processes = Processes(redis_server.url, tmp_path)
+    a, b = processes.start()
+    try:
+        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
+        before = get(a.url, "/messages")
+        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
+        receive_json(ws)
+        threads_before = threads_of(a.process.pid)
+
+        # Stopped, not dead: Redis still accepts connections, and never answers.
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # Each request gets its 503 within the client's 10 s, however long the stall.
+            for _ in range(3):
+                status, answer = post(a.url, "/messages", {"user": "Azin", "text": "while stalled"})
+                assert status == 503 and "Redis" in answer["error"]
+                assert post(a.url, "/messages/1/like")[0] == 503
+                assert answer_of(f"{a.url}/messages")[0] == 503
+                assert answer_of(f"{a.url}/messages?since={before['cursor']}&wait=5")[0] == 503
+            for page in ("/", "/polling", "/websocket"):
+                with urllib.request.urlopen(a.url + page, timeout=5) as response:
+                    assert response.status == 200  # pages don't need Redis
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
+                                "ref": "stalled"}))
+            error = receive_json(ws, timeout=10)
+            assert error["command"] == "error" and error["ref"] == "stalled" and "Redis" in error["error"]
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201, timeout=15)
+        # What got a 503 was never carried out, not even once Redis read it after the stall.
+        assert texts([get(b.url, "/messages")]) == ["before", "after"]
+        # The broadcaster and the socket open through it all carry on...
+        assert "after" in texts(receive_until(ws, lambda frames: "after" in texts(frames)))
+        # ...and the listeners too: a long poll on one process wakes when the other stores a message.
+        cursor = get(b.url, "/messages")["cursor"]
+        woken = {}
+        long_poll = threading.Thread(target=lambda: woken.update(
+            answer=answer_of(f"{b.url}/messages?since={cursor}&wait=30", timeout=20)))
+        long_poll.start()
+        time.sleep(0.3)  # let the long poll settle into waiting
+        assert post(a.url, "/messages", {"user": "Azin", "text": "woken"})[0] == 201
+        long_poll.join()
+        assert texts([woken["answer"][1]]) == ["woken"]
+        assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
+    finally:
+        processes.stop()
+        redis_server.stop()
+
+
 def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(tmp_path):
     redis_server = start_redis_server(tmp_path)
     redis_server.stop()  # not there yet: the app starts first
@@ -443,5 +506,40 @@ def test_max_messages_bounds_what_redis_keeps(shared_redis):
         assert client.hlen("chat:messages") == 5
         assert client.zcard("chat:changes") == 5
         assert [m["id"] for m in store.since(0)["messages"]] == [8, 9, 10, 11, 12]
+    finally:
+        store.close()
+
+
+def test_a_change_leaves_redis_no_copy_of_its_message_and_its_token_only_for_seconds(shared_redis):
+    store = RedisStore(shared_redis.url)
+    client = shared_redis.client()
+    try:
+        store.add("Azin", "like me " + "x" * 900)
+        for _ in range(200):
+            store.like(1)
+
+        # A write's token remembers which message it changed, not the message...
+        tokens = client.keys("chat:done:*")
+        assert tokens, "each write leaves a token, for a retry of it"
+        assert {client.get(token) for token in tokens} == {b"1"}
+        # ...and only until no retry of it can come. Then Redis holds the chat itself, nothing more:
+        # chat:epoch, run_id, cursor, last_id, oldest_id, messages and changes.
+        wait_until(lambda: client.dbsize() == 7, timeout=15)
+    finally:
+        store.close()
+
+
+def test_a_before_past_the_newest_id_is_the_newest_page_and_an_empty_page_says_no_more(shared_redis):
+    store = RedisStore(shared_redis.url, page_size=3)
+    try:
+        assert store.before(10, 3) == {**store.since(0), "more": False}  # nothing stored yet
+        for n in range(5):
+            store.add("Azin", f"m{n}")
+
+        past = store.before(1000, 3)
+        assert [m["text"] for m in past["messages"]] == ["m2", "m3", "m4"] and past["more"] is True
+        assert past["messages"] == store.since(0)["messages"]
+        assert [m["text"] for m in store.before(1000, 2)["messages"]] == ["m3", "m4"]
+        assert store.before(1, 3)["messages"] == [] and store.before(1, 3)["more"] is False
     finally:
         store.close()
