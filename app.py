@@ -44,10 +44,11 @@ def create_app(test_config=None):
     # The in-memory store unless REDIS_URL names a Redis to share with other processes.
     limits = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
     if app.config["REDIS_URL"]:
-        from redis_store import RedisBucketPerAddress, RedisStore  # only then is redis needed
+        from redis_limits import RedisBucketPerAddress  # only then is redis needed
+        from redis_store import RedisStore
 
         store = RedisStore(app.config["REDIS_URL"], **limits)
-        posts_per_address = RedisBucketPerAddress(store.redis, app.config["RATE_LIMIT"])
+        posts_per_address = RedisBucketPerAddress(store, app.config["RATE_LIMIT"])
     else:
         store = Store(**limits)
         posts_per_address = BucketPerAddress(app.config["RATE_LIMIT"])

@@ -97,10 +97,12 @@ end
 -- A write carries a token (KEYS[8]) and a deadline on Redis's clock (ARGV[3]).
 -- Return the id of the message a write with this token changed already, if
 -- one did. Past the deadline, refuse: the sender has stopped waiting.
+local now
 local function done_before()
   local id = redis.call("GET", KEYS[8])
   local time = redis.call("TIME")
-  if not id and tonumber(time[1]) + tonumber(time[2]) / 1e6 > tonumber(ARGV[3]) then
+  now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+  if not id and now > tonumber(ARGV[3]) then
     error({err = "TOOLATE the change reached Redis after its sender had stopped waiting"})
   end
   return id
@@ -111,7 +113,7 @@ end
 local function record_change(epoch, id, message)
   local cursor = redis.call("INCR", cursor_key)
   redis.call("ZADD", changes_key, cursor, id)
-  redis.call("SET", KEYS[8], id, "PXAT", math.ceil(tonumber(ARGV[3]) * 1000))
+  redis.call("SET", KEYS[8], id, "PX", math.floor((tonumber(ARGV[3]) - now) * 1000) + 1)
   redis.call("PUBLISH", "chat:changes", epoch .. " " .. cursor)
   return message
 end
@@ -216,6 +218,7 @@ class RedisStore:
         self.clock_offset = 0  # Redis's clock minus ours, in seconds
         # Why Redis can't be reached, as the listener last found; None while it answers.
         self.unreachable = None
+        self._quiet_until = 0  # no refusal logged until then
         self.redis = redis.Redis.from_url(
             url,
             socket_connect_timeout=1,
@@ -284,8 +287,11 @@ class RedisStore:
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailable(cant_reach(error)) from None
         except redis.RedisError as error:  # Redis answered: out of memory, a read-only replica, ...
-            log.warning("Redis refused a command: %s", error)
-            raise StoreUnavailable(f"Redis refused this request ({error}). Try again later.") from None
+            reason = str(error).split(" script: ")[0]  # without the script's hash
+            if time.monotonic() > self._quiet_until:  # a line a minute tells the log enough
+                log.warning("Redis refuses commands (%s); requests that need them get 503.", reason)
+                self._quiet_until = time.monotonic() + 60
+            raise StoreUnavailable(f"Redis refused this request ({reason}). Try again later.") from None
 
     def close(self):
         """Stop the listener and close the connections to Redis."""
@@ -326,7 +332,9 @@ class RedisStore:
         connection.send_command("INFO", "server", check_health=False)
         info = dict(line.split(b":", 1) for line in connection.read_response().splitlines() if b":" in line)
         self.run_id = info[b"run_id"].strip().decode()
-        self.clock_offset = int(info[b"server_time_usec"]) / 1e6 - time.time()
+        connection.send_command("TIME", check_health=False)
+        seconds, microseconds = connection.read_response()
+        self.clock_offset = int(seconds) + int(microseconds) / 1e6 - time.time()
         connection.send_command("EVAL", NEW_RUN, 2, KEYS[0], KEYS[1], secrets.token_hex(8), self.run_id,
                                 check_health=False)
         connection.read_response()
@@ -387,33 +395,3 @@ def cant_reach(error):
     """The reason a request that needs Redis gets, when Redis can't be reached."""
     return (f"Redis can't be reached, so the chat can't be read or changed right now ({error}). "
             "Try again in a moment.")
-
-
-class RedisBucketPerAddress:
-    """Flood control for HTTP kept in Redis, so that spreading requests over processes gains nothing."""
-
-    SCRIPT = """
-    local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-    local now = redis.call("TIME")
-    now = tonumber(now[1]) + tonumber(now[2]) / 1e6
-    local bucket = redis.call("HMGET", KEYS[1], "tokens", "updated")
-    local tokens = math.min(burst, tonumber(bucket[1] or burst) + (now - tonumber(bucket[2] or now)) * rate)
-    local wait = 0
-    if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-    redis.call("HSET", KEYS[1], "tokens", tokens, "updated", now)
-    redis.call("EXPIRE", KEYS[1], math.ceil(burst / rate) + 1)
-    return tostring(wait)
-    """
-
-    def __init__(self, client, rate):
-        self.rate = rate
-        self.script = client.register_script(self.SCRIPT)
-
-    def take(self, address):
-        """Take a token for `address` and return 0, or return how many seconds until there is one."""
-        if not self.rate:
-            return 0
-        try:
-            return float(self.script(keys=[f"chat:rate:{address}"], args=[self.rate, 3 * self.rate]))
-        except (redis.ConnectionError, redis.TimeoutError):
-            return 0  # the change itself will get a 503 that says why

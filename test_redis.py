@@ -18,10 +18,12 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
+import redis
 from websockets.sync.client import connect
 
 from conftest import (PROJECT, FlaskRun, free_port, receive_json, receive_until, start_redis_server,
                       wait_until)
+from redis_limits import RedisBucketPerAddress, RedisSlotsPerAddress
 from redis_store import RedisStore
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
@@ -415,6 +417,69 @@ def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_e
         redis_server.stop()
 
 
+def fill_until_out_of_memory(client):
+    """Give Redis a little more memory than it uses, evicting nothing, and fill it until it refuses."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 1_000_000)
+    # A script that has started writing goes on past maxmemory: the fill ends well beyond it.
+    fill = client.register_script(
+        "for n = 1, 20 do redis.call('SET', 'filler:' .. ARGV[1] .. ':' .. n, string.rep('x', 100000)) end")
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        for n in range(100):
+            fill(args=[n])
+
+
+# What makes Redis refuse, how to undo it, and what the refusal says.
+REFUSALS = {
+    "out of memory": (fill_until_out_of_memory, lambda client: client.config_set("maxmemory", 0), "maxmemory"),
+    "a read-only replica": (lambda client: client.replicaof("127.0.0.1", free_port()),
+                            lambda client: client.replicaof("NO", "ONE"), "read only replica"),
+    "a script error": (lambda client: client.set("chat:last_id", "one"),
+                       lambda client: client.set("chat:last_id", 1), "not an integer"),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_500_or_a_dropped_socket(
+        tmp_path, open_socket, refusal):
+    refuse, undo, reason = REFUSALS[refusal]
+    redis_server = start_redis_server(tmp_path)
+    client = redis_server.client()
+    processes = Processes(redis_server.url, tmp_path, count=1)  # RATE_LIMIT 10: flood control runs too
+    [a] = processes.start()
+    try:
+        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
+        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+        assert texts([receive_json(ws)]) == ["before"]
+
+        refuse(client)
+        for n in range(3):  # every time, not only the first
+            status, answer = post(a.url, "/messages", {"user": "Azin", "text": "refused"})
+            assert status == 503 and reason in answer["error"]
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
+                                "ref": f"m-{n}"}))
+            error = receive_json(ws, timeout=10)
+            assert (error["command"], error["ref"]) == ("error", f"m-{n}") and reason in error["error"]
+        status, answer = answer_of(a.url + "/messages")
+        if refusal == "out of memory":  # reads need no memory
+            assert status == 200 and texts([answer]) == ["before"]
+        else:
+            assert status in (200, 503)
+
+        undo(client)
+        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201)
+        # The socket stayed open through it all, and still carries out what it sends.
+        ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
+        frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
+        assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
+        assert texts([get(a.url, "/messages")]) == ["before", "after", "by socket"]
+        processes.stop()
+        assert "Traceback" not in (tmp_path / "flask-0.log").read_text()
+    finally:
+        processes.stop()
+        redis_server.stop()
+
+
 def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(tmp_path):
     redis_server = start_redis_server(tmp_path)
     redis_server.stop()  # not there yet: the app starts first
@@ -543,3 +608,84 @@ def test_a_before_past_the_newest_id_is_the_newest_page_and_an_empty_page_says_n
         assert store.before(1, 3)["messages"] == [] and store.before(1, 3)["more"] is False
     finally:
         store.close()
+
+
+# Limits per client address, over every process
+
+
+@pytest.fixture
+def redis_store_on():
+    """A function that makes a RedisStore on a Redis URL, for limits to use; all are closed after the test."""
+    made = []
+
+    def make(url):
+        made.append(RedisStore(url))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_places_per_address_are_counted_over_every_process(shared_redis, redis_store_on):
+    store = redis_store_on(shared_redis.url)
+    # Two processes' counts, as two gunicorn workers would hold them.
+    first, second = RedisSlotsPerAddress(store, 3, "websockets"), RedisSlotsPerAddress(store, 3, "websockets")
+
+    assert [first.take("10.0.0.1"), first.take("10.0.0.1"), second.take("10.0.0.1")] == [True] * 3
+    assert second.take("10.0.0.1") is False and first.take("10.0.0.1") is False
+    assert second.take("10.0.0.2") is True  # another address has places of its own
+    assert RedisSlotsPerAddress(store, 3, "long-polls").take("10.0.0.1") is True  # and so has another kind
+
+    first.give_back("10.0.0.1")
+    assert second.take("10.0.0.1") is True
+    assert first.take("10.0.0.1") is False
+
+
+def test_the_places_of_a_process_that_died_are_freed_when_its_lease_runs_out(shared_redis, redis_store_on):
+    store = redis_store_on(shared_redis.url)
+    dying, living = RedisSlotsPerAddress(store, 2, "websockets"), RedisSlotsPerAddress(store, 2, "websockets")
+    dying.LEASE = living.LEASE = 1
+    assert dying.take("10.0.0.1") and dying.take("10.0.0.1")
+    assert living.take("10.0.0.1") is False
+
+    dying.close()  # it stops renewing, and never gives its places back
+
+    wait_until(lambda: living.take("10.0.0.1"), timeout=10)
+    assert living.take("10.0.0.1") is True
+    assert living.take("10.0.0.1") is False  # the limit holds for the living
+
+
+def test_a_live_process_keeps_its_places_past_its_lease_and_writes_them_again_after_a_flush(
+        shared_redis, redis_store_on):
+    store = redis_store_on(shared_redis.url)
+    holder, other = RedisSlotsPerAddress(store, 2, "websockets"), RedisSlotsPerAddress(store, 2, "websockets")
+    holder.LEASE = other.LEASE = 2
+    client = shared_redis.client()
+    assert holder.take("10.0.0.1") and holder.take("10.0.0.1")
+    first_lease = client.zscore("chat:slots:websockets", holder.process)
+
+    # Once the first lease would have run out, the holder has renewed it.
+    wait_until(lambda: (client.zscore("chat:slots:websockets", holder.process) or 0) > first_lease + holder.LEASE)
+    assert other.take("10.0.0.1") is False
+
+    client.flushall()  # or Redis restarted without its data: the holder writes what it holds again
+    wait_until(lambda: client.hget(f"chat:slots:websockets:{holder.process}", "10.0.0.1") == b"2")
+    assert other.take("10.0.0.1") is False
+
+
+def test_when_redis_cant_count_each_process_still_limits_every_address_on_its_own(tmp_path, redis_store_on):
+    redis_server = start_redis_server(tmp_path)
+    store = redis_store_on(redis_server.url)
+    places = RedisSlotsPerAddress(store, 2, "websockets")
+    changes = RedisBucketPerAddress(store, 10)
+    assert places.take("10.0.0.1") and changes.take("10.0.0.1") == 0
+    redis_server.stop()
+
+    # Neither everything let through, nor everything refused.
+    assert places.take("10.0.0.1") is True
+    assert places.take("10.0.0.1") is False
+    waits = [changes.take("10.0.0.1") for _ in range(40)]
+    assert waits[0] == 0 and waits[-1] > 0
+    places.give_back("10.0.0.1")
+    assert places.take("10.0.0.1") is True
