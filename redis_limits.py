@@ -11,9 +11,8 @@ own process's count: neither letting everything through nor refusing everything.
 
 import secrets
 import threading
-from collections import Counter
 
-from limits import BucketPerAddress
+from limits import BucketPerAddress, Places
 from store import StoreUnavailable
 
 
@@ -50,30 +49,30 @@ class RedisBucketPerAddress:
             return self.in_this_process.take(address)
 
 
-class RedisSlotsPerAddress:
-    """At most `limit` slots per client address (open WebSockets, say), counted over every process.
+class RedisPlaces(Places):
+    """`limits.Places`, with each address's share counted over every process that shares Redis.
 
-    Each process writes what it holds in a hash of its own, under a lease that
-    it renews every few seconds while it holds anything. A process that dies
-    without giving its slots back stops renewing, and its slots are forgotten
-    when the lease runs out. Each renewal also writes the hash anew from this
-    process's own count, so that Redis is put right within seconds after a
-    restart, a flush, or a give-back it missed.
+    The server's total stays this process's own: it is about this process's
+    threads and open files. Each process writes the places it holds in a hash
+    of its own, under a lease it renews every few seconds while it holds any.
+    A process that dies without giving its places back stops renewing, and its
+    places are forgotten when the lease runs out. Each renewal writes the hash
+    anew from this process's count, so that within seconds Redis is right
+    again after a restart, a flush, or a give-back it missed.
     """
 
     LEASE = 10  # seconds
-    # KEYS: the processes' leases, this process's hash. ARGV: limit, address, process, lease.
+    # KEYS: every process's lease, this process's hash. ARGV: per address, address, process, lease.
     TAKE = """
-    local limit, address = tonumber(ARGV[1]), ARGV[2]
     local now = redis.call("TIME")
     now = tonumber(now[1]) + tonumber(now[2]) / 1e6
     redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now)  -- processes that stopped renewing
     local held = 0
     for _, process in ipairs(redis.call("ZRANGE", KEYS[1], 0, -1)) do
-      held = held + tonumber(redis.call("HGET", KEYS[1] .. ":" .. process, address) or "0")
+      held = held + tonumber(redis.call("HGET", KEYS[1] .. ":" .. process, ARGV[2]) or "0")
     end
-    if held >= limit then return 0 end
-    redis.call("HINCRBY", KEYS[2], address, 1)
+    if held >= tonumber(ARGV[1]) then return 0 end
+    redis.call("HINCRBY", KEYS[2], ARGV[2], 1)
     redis.call("EXPIRE", KEYS[2], ARGV[4])
     redis.call("ZADD", KEYS[1], now + tonumber(ARGV[4]), ARGV[3])
     return 1
@@ -82,70 +81,59 @@ class RedisSlotsPerAddress:
     GIVE_BACK = """
     if redis.call("HINCRBY", KEYS[1], ARGV[1], -1) <= 0 then redis.call("HDEL", KEYS[1], ARGV[1]) end
     """
-    # KEYS: the processes' leases, this process's hash. ARGV: process, lease, then address, count, ...
+    # KEYS: every process's lease, this process's hash. ARGV: process, lease, then address, places, ...
     RENEW = """
+    local now = redis.call("TIME")
     redis.call("DEL", KEYS[2])
     for i = 3, #ARGV, 2 do redis.call("HSET", KEYS[2], ARGV[i], ARGV[i + 1]) end
     redis.call("EXPIRE", KEYS[2], ARGV[2])
-    local now = redis.call("TIME")
     redis.call("ZADD", KEYS[1], tonumber(now[1]) + tonumber(now[2]) / 1e6 + tonumber(ARGV[2]), ARGV[1])
     """
 
-    def __init__(self, store, limit, name):
+    def __init__(self, store, name, total, per_address):
+        super().__init__(total, per_address)
         self.store = store
-        self.limit = limit
         self.process = secrets.token_hex(8)
-        self.keys = [f"chat:slots:{name}", f"chat:slots:{name}:{self.process}"]
+        self.keys = [f"chat:places:{name}", f"chat:places:{name}:{self.process}"]
         self.take_script, self.give_back_script, self.renew_script = (
             store.redis.register_script(script) for script in (self.TAKE, self.GIVE_BACK, self.RENEW))
-        self.held = Counter()  # address -> slots this process holds: the truth Redis is renewed from
-        self.lock = threading.Lock()
-        self.renewer = None  # the thread that renews the lease, while this process holds slots
-        self.closed = threading.Event()
+        self.renewer = None  # the thread that renews the lease while this process holds places
 
     def take(self, address):
-        """Take a slot for `address`; return False if it holds `limit` already, in all processes."""
+        """Take a place for `address`; return None, or who is full: "server" or "address"."""
+        refusal = super().take(address)  # this process's room, and the address's share of it here
+        if refusal:
+            return refusal
         with self.lock:
-            self.held[address] += 1
             if self.renewer is None:
-                self.renewer = threading.Thread(target=self._renew, name="redis-slot-lease", daemon=True)
+                self.renewer = threading.Thread(target=self._renew, name="redis-places-lease", daemon=True)
                 self.renewer.start()
         try:
-            taken = self.store.call(self.take_script, keys=self.keys,
-                                    args=[self.limit, address, self.process, self.LEASE])
+            if not self.store.call(self.take_script, keys=self.keys,
+                                   args=[self.per_address, address, self.process, self.LEASE]):
+                super().give_back(address)
+                return "address"
         except StoreUnavailable:
-            taken = self.held[address] <= self.limit  # Redis can't count: this process alone does
-        if not taken:
-            self._forget(address)
-        return bool(taken)
+            pass  # Redis can't count: this process's own count has to do
+        return None
 
     def give_back(self, address):
-        """Give back a slot that `address` took."""
-        self._forget(address)
+        """Give back a place that `address` took."""
+        super().give_back(address)
         try:
             self.store.call(self.give_back_script, keys=self.keys[1:], args=[address])
         except StoreUnavailable:
             pass  # the next renewal writes the right count
 
-    def close(self):
-        """Stop renewing the lease: the slots this process holds are forgotten when it runs out."""
-        self.closed.set()
-
-    def _forget(self, address):
-        with self.lock:
-            self.held[address] -= 1
-            if self.held[address] <= 0:
-                del self.held[address]
-
     def _renew(self):
-        """Renew the lease every third of it, until this process holds nothing more."""
-        while not self.closed.wait(self.LEASE / 3):
+        """Renew the lease every third of it, until this process holds no place or the store closes."""
+        while not self.store.closed.wait(self.LEASE / 3):
             with self.lock:
-                if not self.held:  # its hash is empty: the lease can simply run out
+                if not self.taken:  # its hash is empty: the lease can simply run out
                     self.renewer = None
                     return
-                pairs = [item for address_count in self.held.items() for item in address_count]
+                places = [item for address_places in self.taken.items() for item in address_places]
             try:
-                self.store.call(self.renew_script, keys=self.keys, args=[self.process, self.LEASE, *pairs])
+                self.store.call(self.renew_script, keys=self.keys, args=[self.process, self.LEASE, *places])
             except StoreUnavailable:
                 pass  # try again at the next renewal

@@ -234,7 +234,7 @@ class RedisStore:
         # (epoch, cursor) as last heard by the listener; `wait` waits for it to move.
         self._heard = (None, 0)
         self._changes = threading.Condition()
-        self._closed = threading.Event()
+        self.closed = threading.Event()  # set by close(): stops the listener, and what uses the store
         self._listener = threading.Thread(target=self._listen, name="redis-listener", daemon=True)
         self._listener.start()
 
@@ -295,7 +295,7 @@ class RedisStore:
 
     def close(self):
         """Stop the listener and close the connections to Redis."""
-        self._closed.set()
+        self.closed.set()
         self._listener.join(timeout=LISTEN_INTERVAL + 3)
         self.redis.close()
 
@@ -359,7 +359,7 @@ class RedisStore:
     def _listen(self):
         """Hear every change any process publishes, and wake `wait`; forever, through Redis going away."""
         down_since = None
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             try:
                 with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe(CHANNEL)
@@ -376,11 +376,11 @@ class RedisStore:
                 if down_since is None:
                     log.warning("Listening to Redis failed (%s); trying again every second.", error)
                     down_since = time.monotonic()
-                self._closed.wait(1)
+                self.closed.wait(1)
 
     def _listen_on(self, pubsub):
         last_heard = time.monotonic()
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             if message:
                 epoch, cursor = message["data"].decode().split()

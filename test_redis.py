@@ -19,11 +19,12 @@ from contextlib import ExitStack
 
 import pytest
 import redis
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (PROJECT, FlaskRun, free_port, receive_json, receive_until, start_redis_server,
                       wait_until)
-from redis_limits import RedisBucketPerAddress, RedisSlotsPerAddress
+from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
@@ -184,6 +185,61 @@ def test_flood_control_over_http_is_shared_by_the_processes(two_processes):
                 for n in range(60)]
     assert statuses.count(201) < 45  # each process alone would have taken 30
     assert 429 in statuses
+
+
+def test_one_address_gets_the_rate_and_burst_in_all_over_posts_and_sockets_to_every_process(
+        two_processes, open_socket):
+    a, b = two_processes  # RATE_LIMIT 10: 10 changes a second, in bursts of up to 30
+    sockets = [open_socket(f"ws://127.0.0.1:{server.port}/ws") for server in (a, b)]
+    for ws in sockets:
+        receive_json(ws)
+
+    started = time.monotonic()
+    statuses = []
+    for n in range(20):  # 80 changes, spread over both processes and both ways of sending
+        for server in (a, b):
+            statuses.append(post(server.url, "/messages", {"user": "loop", "text": f"post {n}"})[0])
+        for ws in sockets:
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "loop", "text": f"frame {n}"}}))
+    refused_frames = 0
+    for ws in sockets:  # frames are carried out in order: once the last is answered, all are
+        ws.send(json.dumps({"command": "like", "id": 0, "ref": "last"}))
+        frames = receive_until(ws, lambda frames: frames and frames[-1].get("ref") == "last")
+        refused_frames += sum("Too many" in frame.get("error", "") for frame in frames if "ref" not in frame)
+    elapsed = time.monotonic() - started
+
+    stored = len(get(a.url, "/messages")["messages"])
+    assert stored <= 30 + 10 * elapsed + 1, f"{stored} changes in {elapsed:.1f} s"
+    assert statuses.count(201) + 40 - refused_frames == stored
+    assert 429 in statuses and refused_frames > 0
+
+
+@pytest.mark.config(MAX_SOCKETS_PER_ADDRESS=3)
+def test_an_address_holds_at_most_its_share_of_websockets_and_long_polls_over_every_process(
+        two_processes, shared_redis, open_socket):
+    a, b = two_processes
+    for server in (a, b, a):
+        receive_json(open_socket(f"ws://127.0.0.1:{server.port}/ws"))
+    for server in (a, b):
+        with pytest.raises(InvalidStatus) as refused:
+            open_socket(f"ws://127.0.0.1:{server.port}/ws")
+        assert refused.value.response.status_code == 429
+
+    cursor = get(a.url, "/messages")["cursor"]
+    answers = []
+    waiting = [threading.Thread(target=lambda server=server: answers.append(
+        answer_of(f"{server.url}/messages?since={cursor}&wait=20", timeout=30))) for server in (a, b, b)]
+    for thread in waiting:
+        thread.start()
+    client = shared_redis.client()
+    wait_until(lambda: sum(int(places) for key in client.keys("chat:places:long-polls:*")
+                           for places in client.hvals(key)) == 3)
+    for server in (a, b):
+        assert answer_of(f"{server.url}/messages?since={cursor}&wait=20")[0] == 429
+    assert post(b.url, "/messages", {"user": "Azin", "text": "wake up"})[0] == 201
+    for thread in waiting:
+        thread.join()
+    assert [status for status, _ in answers] == [200] * 3
 
 
 def gunicorn_connections(port, master_pid):
@@ -615,7 +671,7 @@ def test_a_before_past_the_newest_id_is_the_newest_page_and_an_empty_page_says_n
 
 @pytest.fixture
 def redis_store_on():
-    """A function that makes a RedisStore on a Redis URL, for limits to use; all are closed after the test."""
+    """A function that makes a RedisStore on a Redis URL, as one process has; all are closed after the test."""
     made = []
 
     def make(url):
@@ -628,64 +684,62 @@ def redis_store_on():
 
 
 def test_places_per_address_are_counted_over_every_process(shared_redis, redis_store_on):
-    store = redis_store_on(shared_redis.url)
-    # Two processes' counts, as two gunicorn workers would hold them.
-    first, second = RedisSlotsPerAddress(store, 3, "websockets"), RedisSlotsPerAddress(store, 3, "websockets")
+    # Two processes' places, as two gunicorn workers would hold them, each with room for 100.
+    first, second = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 3) for _ in range(2))
 
-    assert [first.take("10.0.0.1"), first.take("10.0.0.1"), second.take("10.0.0.1")] == [True] * 3
-    assert second.take("10.0.0.1") is False and first.take("10.0.0.1") is False
-    assert second.take("10.0.0.2") is True  # another address has places of its own
-    assert RedisSlotsPerAddress(store, 3, "long-polls").take("10.0.0.1") is True  # and so has another kind
+    assert [first.take("10.0.0.1"), first.take("10.0.0.1"), second.take("10.0.0.1")] == [None] * 3
+    assert second.take("10.0.0.1") == "address" and first.take("10.0.0.1") == "address"
+    assert second.take("10.0.0.2") is None  # another address has places of its own
+    assert RedisPlaces(first.store, "long-polls", 100, 3).take("10.0.0.1") is None  # and so has another kind
 
     first.give_back("10.0.0.1")
-    assert second.take("10.0.0.1") is True
-    assert first.take("10.0.0.1") is False
+    assert second.take("10.0.0.1") is None
+    assert first.take("10.0.0.1") == "address"
+    assert first.count == 1 and second.count == 3  # a refusal took nothing, here or in Redis
 
 
 def test_the_places_of_a_process_that_died_are_freed_when_its_lease_runs_out(shared_redis, redis_store_on):
-    store = redis_store_on(shared_redis.url)
-    dying, living = RedisSlotsPerAddress(store, 2, "websockets"), RedisSlotsPerAddress(store, 2, "websockets")
+    dying, living = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 2) for _ in range(2))
     dying.LEASE = living.LEASE = 1
-    assert dying.take("10.0.0.1") and dying.take("10.0.0.1")
-    assert living.take("10.0.0.1") is False
+    assert dying.take("10.0.0.1") is None and dying.take("10.0.0.1") is None
+    assert living.take("10.0.0.1") == "address"
 
-    dying.close()  # it stops renewing, and never gives its places back
+    dying.store.close()  # it stops renewing, and never gives its places back
 
-    wait_until(lambda: living.take("10.0.0.1"), timeout=10)
-    assert living.take("10.0.0.1") is True
-    assert living.take("10.0.0.1") is False  # the limit holds for the living
+    wait_until(lambda: living.take("10.0.0.1") is None, timeout=10)
+    assert living.take("10.0.0.1") is None
+    assert living.take("10.0.0.1") == "address"  # the limit holds for the living
 
 
 def test_a_live_process_keeps_its_places_past_its_lease_and_writes_them_again_after_a_flush(
         shared_redis, redis_store_on):
-    store = redis_store_on(shared_redis.url)
-    holder, other = RedisSlotsPerAddress(store, 2, "websockets"), RedisSlotsPerAddress(store, 2, "websockets")
+    holder, other = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 2) for _ in range(2))
     holder.LEASE = other.LEASE = 2
     client = shared_redis.client()
-    assert holder.take("10.0.0.1") and holder.take("10.0.0.1")
-    first_lease = client.zscore("chat:slots:websockets", holder.process)
+    assert holder.take("10.0.0.1") is None and holder.take("10.0.0.1") is None
+    first_lease = client.zscore("chat:places:websockets", holder.process)
 
     # Once the first lease would have run out, the holder has renewed it.
-    wait_until(lambda: (client.zscore("chat:slots:websockets", holder.process) or 0) > first_lease + holder.LEASE)
-    assert other.take("10.0.0.1") is False
+    wait_until(lambda: (client.zscore("chat:places:websockets", holder.process) or 0) > first_lease + holder.LEASE)
+    assert other.take("10.0.0.1") == "address"
 
     client.flushall()  # or Redis restarted without its data: the holder writes what it holds again
-    wait_until(lambda: client.hget(f"chat:slots:websockets:{holder.process}", "10.0.0.1") == b"2")
-    assert other.take("10.0.0.1") is False
+    wait_until(lambda: client.hget(f"chat:places:websockets:{holder.process}", "10.0.0.1") == b"2")
+    assert other.take("10.0.0.1") == "address"
 
 
 def test_when_redis_cant_count_each_process_still_limits_every_address_on_its_own(tmp_path, redis_store_on):
     redis_server = start_redis_server(tmp_path)
     store = redis_store_on(redis_server.url)
-    places = RedisSlotsPerAddress(store, 2, "websockets")
+    places = RedisPlaces(store, "websockets", 100, 2)
     changes = RedisBucketPerAddress(store, 10)
-    assert places.take("10.0.0.1") and changes.take("10.0.0.1") == 0
+    assert places.take("10.0.0.1") is None and changes.take("10.0.0.1") == 0
     redis_server.stop()
 
     # Neither everything let through, nor everything refused.
-    assert places.take("10.0.0.1") is True
-    assert places.take("10.0.0.1") is False
+    assert places.take("10.0.0.1") is None
+    assert places.take("10.0.0.1") == "address"
     waits = [changes.take("10.0.0.1") for _ in range(40)]
     assert waits[0] == 0 and waits[-1] > 0
     places.give_back("10.0.0.1")
-    assert places.take("10.0.0.1") is True
+    assert places.take("10.0.0.1") is None
