@@ -292,6 +292,10 @@ class RedisStore:
                 log.warning("Redis refuses commands (%s); requests that need them get 503.", reason)
                 self._quiet_until = time.monotonic() + 60
             raise StoreUnavailable(f"Redis refused this request ({reason}). Try again later.") from None
+        except Exception:
+            if self.closed.is_set():  # closed under a running call, whose connection went with it
+                raise StoreUnavailable("The store is closed.") from None
+            raise
 
     def close(self):
         """Stop the listener and close the connections to Redis."""
