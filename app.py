@@ -67,4 +67,5 @@ def create_app(test_config=None):
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(sockets.bp)
+    sockets.sock.init_app(app)
     return app

@@ -44,7 +44,7 @@ class Broadcaster:
         subscriber = Subscriber(connection, first["cursor"], first["epoch"])
         with self.lock:
             self.subscribers.add(subscriber)
-            if self.thread is None:
+            if self.thread is None or not self.thread.is_alive():  # not started yet, or killed
                 self.thread = threading.Thread(target=self.run, name="broadcaster", daemon=True)
                 self.thread.start()
         # A round may have gone by while it joined: the cursor says what it lacks.
@@ -72,10 +72,7 @@ class Broadcaster:
                 self.store.wait(latest, timeout=RETRY_INTERVAL if someone_behind else IDLE_INTERVAL)
             except Exception as error:
                 if not failed_rounds:  # once, not on every round while the cause lasts
-                    if isinstance(error, StoreUnavailable):  # the reason says it all
-                        log.warning("A broadcast round failed: %s Retrying every %s s.", error, FAILURE_PAUSE)
-                    else:
-                        log.exception("A broadcast round failed; retrying every %s s.", FAILURE_PAUSE)
+                    log_failure(error)
                 failed_rounds += 1
                 time.sleep(FAILURE_PAUSE)
 
@@ -140,6 +137,17 @@ class Subscriber:
             log.exception("Could not send to a client; hanging up on it.")
             self.connection.hang_up()
             return False
+
+
+def log_failure(error):
+    """Log why a round failed; never raise, since the broadcaster must go on (even out of memory)."""
+    try:
+        if isinstance(error, StoreUnavailable):  # the reason says it all
+            log.warning("A broadcast round failed: %s Retrying every %s s.", error, FAILURE_PAUSE)
+        else:
+            log.exception("A broadcast round failed; retrying every %s s.", FAILURE_PAUSE)
+    except Exception:
+        pass
 
 
 def messages_frame(answer):

@@ -25,6 +25,8 @@ import time
 from collections import deque
 from functools import wraps
 
+import logging
+
 import flask_sock
 from simple_websocket import ConnectionClosed
 from wsproto.connection import ConnectionState
@@ -52,8 +54,17 @@ SIMPLE_WEBSOCKET_INTERNALS = ("sock", "ws", "event", "thread", "input_buffer", "
                               "max_message_size", "receive", "close")
 
 
+log = logging.getLogger(__name__)
+
+
 class Sock(flask_sock.Sock):
     """flask-sock's `Sock`, whose routes get a `Connection` instead of a bare simple-websocket `Server`."""
+
+    def init_app(self, app):
+        """Give the app's sockets reader threads that can't die and leave their connection open."""
+        super().init_app(app)
+        app.config["SOCK_SERVER_OPTIONS"] = {"thread_class": ReaderThread,
+                                             **app.config["SOCK_SERVER_OPTIONS"]}
 
     def route(self, path, bp=None, **kwargs):
         """Register a WebSocket route, as flask-sock's `route` does."""
@@ -92,6 +103,13 @@ class Connection:
         # reads more frames, even after a close frame has gone out.
         return self._ws.connected and not self._socket.finishing and not self._socket.closing
 
+    @property
+    def client_said_goodbye(self):
+        """True once the client's close frame has arrived, unless we had closed first."""
+        # wsproto knows it before simple-websocket's `connected` says so.
+        return not self._socket.closed_by_us and self._ws.ws.state in (
+            ConnectionState.REMOTE_CLOSING, ConnectionState.CLOSED)
+
     def send(self, text):
         """Send one text frame. Never blocks: a client that stops reading is hung up on."""
         self._socket.send(encode_text_frame(text))
@@ -104,9 +122,10 @@ class Connection:
             except ConnectionClosed:
                 return
             self._socket.frame_taken()
-            # simple-websocket hands out frames that arrived before a close even
-            # after it: never carry out a frame once its connection has ended.
-            if not self.connected:
+            # Frames that arrived before the client's close frame were sent
+            # on purpose, and count. After we hang up or close, or after the
+            # connection broke, none is carried out.
+            if not self.connected and not self.client_said_goodbye:
                 return
             if frame is None:
                 continue
@@ -150,6 +169,30 @@ class Connection:
         self._socket.hang_up()
 
 
+class ReaderThread(threading.Thread):
+    """simple-websocket's reader thread, which ends its connection if an unexpected error ends it.
+
+    simple-websocket's thread stops on network errors only. Anything else (a
+    MemoryError, say) would end the thread and leave the connection open, its
+    route waiting for frames that never come, its slot taken, and no pings sent.
+    """
+
+    def run(self):
+        ws = self._target.__self__  # the simple-websocket Server this thread reads for
+        try:
+            super().run()
+        except BaseException:
+            try:
+                log.exception("A WebSocket's reader failed; closing its connection with 1011.")
+                if ws.connected:
+                    ws.close(CloseReason.INTERNAL_ERROR, "The server failed; connect again.")
+            except BaseException:
+                pass  # out of memory, even for that: the connection still ends below
+            ws.connected = False
+            ws.event.set()  # wakes the route, which ends
+            ws.sock.close()
+
+
 class GuardedSocket:
     """What simple-websocket sees as its socket: writes go through a bounded queue, reads wait their turn."""
 
@@ -171,6 +214,7 @@ class GuardedSocket:
         self._frame_taken = threading.Condition()
         self.finishing = False  # a close frame is on its way: nothing may follow it
         self.closing = False  # the connection is closed, or closing from the client's side
+        self.closed_by_us = False  # our close frame went first (not an answer to the client's)
 
     # The socket interface that simple-websocket uses
 
@@ -182,6 +226,8 @@ class GuardedSocket:
             is_close_frame = data[:1] == b"\x88"
             if self.closing or (self.finishing and not is_close_frame):
                 return len(data)
+            # wsproto waits for the client's answer to a close frame that went first.
+            self.closed_by_us |= is_close_frame and self._ws.ws.state is ConnectionState.LOCAL_CLOSING
             self.finishing |= is_close_frame
             if self._sent_bytes_waiting + len(data) > MAX_QUEUED_BYTES:
                 self._hang_up()

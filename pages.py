@@ -2,7 +2,7 @@
 
 from flask import Blueprint, render_template, request
 
-from store import MAX_TEXT, MAX_USER
+from text_rules import MAX_TEXT, MAX_USER
 
 bp = Blueprint("pages", __name__)
 

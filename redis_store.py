@@ -32,7 +32,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from store import MAX_TEXT, MAX_USER, StoreUnavailable, checked_text, now
+from store import StoreUnavailable, now
+from text_rules import checked_message
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,7 @@ class RedisStore:
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""
-        user = checked_text(user, "Name (user)", MAX_USER)
-        text = checked_text(text, "Message (text)", MAX_TEXT)
+        user, text = checked_message(user, text)
         return json.loads(self._run(self._add, write=True, args=[user, text, now(), self.max_messages]))
 
     def like(self, message_id):

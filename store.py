@@ -10,13 +10,12 @@ turns HTTP requests and WebSocket frames into calls to a `Store`.
 
 import secrets
 import threading
-import unicodedata
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from datetime import datetime, timezone
 from itertools import islice
 
-MAX_USER = 50
-MAX_TEXT = 1000
+from text_rules import checked_message
 
 
 class Store:
@@ -32,23 +31,23 @@ class Store:
         self._next_id = 1
         # message id -> message, oldest first, so the oldest is dropped in O(1).
         self._messages = OrderedDict()
-        # message id -> cursor of its last change, least recently changed first.
-        # `since` walks it from the newest end, so asking for the latest changes
-        # costs the same with 100 messages stored as with 100,000.
-        self._changed = OrderedDict()
-        self._changes = threading.Condition()
+        # (cursor, message id) of each message's latest change, in cursor order,
+        # and message id -> that cursor. A binary search finds where a client's
+        # cursor starts, however many messages are stored.
+        self._latest_changes = []
+        self._changed_at = {}
+        self._cursor_moved = threading.Condition()  # the lock for all of the above, too
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""
-        user = checked_text(user, "Name (user)", MAX_USER)
-        text = checked_text(text, "Message (text)", MAX_TEXT)
-        with self._changes:
+        user, text = checked_message(user, text)
+        with self._cursor_moved:
             message = new_message(self._next_id, user, text)
             self._next_id += 1
             self._messages[message["id"]] = message
             if len(self._messages) > self.max_messages:
                 oldest_id, _ = self._messages.popitem(last=False)
-                self._changed.pop(oldest_id, None)
+                self._forget_change(oldest_id)
             self._record_change(message["id"])
             return dict(message)
 
@@ -74,44 +73,41 @@ class Store:
         this store never gave out, the answer is a first load that says `reset`,
         so the client throws away what it shows.
         """
-        with self._changes:
+        with self._cursor_moved:
             reset = (epoch is not None and epoch != self.epoch) or cursor > self.cursor
             if reset or (cursor == 0 and epoch is None):
                 newest = list(islice(reversed(self._messages.values()), self.page_size))[::-1]
                 more = len(self._messages) > len(newest)
                 return self._answer(newest, self.cursor, reset=reset, more=more)
-            changes = []  # (cursor of the change, message id), newest first
-            for message_id in reversed(self._changed):
-                changed_at = self._changed[message_id]
-                if changed_at <= cursor:
-                    break
-                changes.append((changed_at, message_id))
-            page = changes[-self.page_size:]  # the oldest changes after `cursor`
-            page_cursor = page[0][0] if len(changes) > len(page) else self.cursor
+            start = bisect_right(self._latest_changes, (cursor, float("inf")))
+            page = self._latest_changes[start:start + self.page_size]
+            more_changes = start + len(page) < len(self._latest_changes)
+            page_cursor = page[-1][0] if more_changes else self.cursor
             messages = [self._messages[message_id] for message_id in sorted(i for _, i in page)]
             return self._answer(messages, page_cursor)
 
     def before(self, message_id, limit, epoch=None):
         """Return the newest `limit` messages older than `message_id`, and `more` if even older ones exist."""
-        with self._changes:
+        with self._cursor_moved:
             if epoch is not None and epoch != self.epoch:
                 return self.since(0, epoch)
             # Ids have no gaps: only the oldest messages are ever dropped.
             oldest_id = next(iter(self._messages), self._next_id)
+            message_id = min(message_id, self._next_id)  # past the newest: the newest page
             start = max(oldest_id, message_id - limit)
             messages = [self._messages[i] for i in range(start, min(message_id, self._next_id))]
             return self._answer(messages, self.cursor, more=start > oldest_id)
 
     def wait(self, cursor, timeout):
         """Block until the store moves past `cursor` or `timeout` seconds pass; return True if it moved."""
-        with self._changes:
-            return self._changes.wait_for(lambda: self.cursor != cursor, timeout)
+        with self._cursor_moved:
+            return self._cursor_moved.wait_for(lambda: self.cursor != cursor, timeout)
 
     def close(self):
         """Let go of what the store holds outside Python objects: nothing, for this one."""
 
     def _count(self, message_id, field):
-        with self._changes:
+        with self._cursor_moved:
             message = self._messages[message_id]
             message[field] += 1
             self._record_change(message_id)
@@ -119,10 +115,17 @@ class Store:
 
     def _record_change(self, message_id):
         # Called with the lock held: one change, one step of the cursor.
+        self._forget_change(message_id)
         self.cursor += 1
-        self._changed[message_id] = self.cursor
-        self._changed.move_to_end(message_id)
-        self._changes.notify_all()
+        self._latest_changes.append((self.cursor, message_id))
+        self._changed_at[message_id] = self.cursor
+        self._cursor_moved.notify_all()
+
+    def _forget_change(self, message_id):
+        # A message's earlier change is superseded by its latest (or by its end).
+        changed_at = self._changed_at.pop(message_id, None)
+        if changed_at is not None:
+            del self._latest_changes[bisect_left(self._latest_changes, (changed_at,))]
 
     def _answer(self, messages, cursor, reset=False, more=False):
         # Copies, so that later changes don't alter an answer on its way out.
@@ -143,33 +146,3 @@ def new_message(message_id, user, text):
 def now():
     """Return the current UTC time as ISO 8601 with milliseconds, e.g. 2026-11-25T23:59:01.123Z."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# Characters that Unicode calls letters or symbols, but that show nothing:
-# Hangul fillers and the blank Braille pattern, well known for blank names.
-BLANK_LETTERS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
-
-
-def checked_text(value, name, limit):
-    """Return `value` trimmed, or raise ValueError saying what a person should fix."""
-    if value is None:
-        raise ValueError(f"{name} is missing.")
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be text.")
-    value = value.strip()
-    if not value:
-        raise ValueError(f"{name} must not be empty.")
-    if len(value) > limit:
-        raise ValueError(f"{name} is too long: {len(value)} characters, the limit is {limit}.")
-    # A quick look first: printable text holds neither halves of characters nor control characters.
-    categories = set() if value.isprintable() else {unicodedata.category(c) for c in value}
-    if "Cs" in categories:  # JSON's "\ud800" decodes to half a character, which can't be sent on
-        raise ValueError(f"{name} contains an invalid character (half of a surrogate pair).")
-    if "Cc" in categories:  # tabs, line breaks, escape sequences, ...: text is one plain line
-        raise ValueError(f"{name} must not contain control characters such as line breaks.")
-    # Letters, numbers, punctuation and symbols show; spaces, format characters
-    # such as U+200B and marks on nothing don't.
-    if not any(unicodedata.category(character)[0] in "LNPS" and character not in BLANK_LETTERS
-               for character in value):
-        raise ValueError(f"{name} must contain a visible character.")
-    return value

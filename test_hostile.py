@@ -726,3 +726,34 @@ def test_a_far_behind_client_catches_up_over_a_socket_in_pages_with_no_gap_and_n
     assert sorted(m["id"] for m in received) == sorted(changed)
     assert states(received) == changed
     ws.close()
+
+
+# What a client sent before it closed counts
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@pytest.mark.config(RATE_LIMIT=0)  # 5 trials of 10 frames, from one address
+def test_frames_sent_just_before_a_close_frame_are_all_carried_out(server):
+    for trial in range(5):
+        raw = raw_websocket(server.port)
+        read_server_frame(raw)
+        # Ten frames and the close frame in one write: they reach the server together.
+        frames = b"".join(masked_text_frame(json.dumps(
+            {"command": "send-message", "message": {"user": "Azin", "text": f"{trial}-{n}"}}))
+            for n in range(10))
+        raw.sendall(frames + bytes(FrameProtocol(client=True, extensions=[]).close(1000)))
+        raw.settimeout(PROMPTLY)
+        assert close_code_received(raw) == 1000
+        raw.close()
+        wait_until(lambda: history(server)[0] == 10 * (trial + 1), timeout=PROMPTLY)
+    assert [text for text, _, _ in history(server)[1]] == [
+        f"{trial}-{n}" for trial in range(5) for n in range(10)]
+
+
+@pytest.mark.config(RATE_LIMIT=0)  # 20 connections from one address
+def test_a_script_that_connects_sends_one_message_and_closes_has_sent_it(server):
+    for n in range(20):
+        with server.connect() as ws:
+            send_frame(ws, {"command": "send-message", "message": {"user": "Azin", "text": f"hi {n}"}})
+    wait_until(lambda: history(server)[0] == 20, timeout=PROMPTLY)
+    assert [text for text, _, _ in history(server)[1]] == [f"hi {n}" for n in range(20)]

@@ -23,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
-from conftest import PROJECT, FlaskRun, free_port, raw_websocket, receive_json, receive_until, wait_until
+from conftest import (PROJECT, FlaskRun, free_port, raw_websocket, receive_json, receive_until,
+                      server_threads, wait_until)
 from test_reliability import read_first_frame, rss_kb
 
 MB = 1024  # in kB, as /proc counts
@@ -283,12 +284,13 @@ def failing_store(store, monkeypatch):
     real_since = store.since
     store.failures_left = 0
     store.failed = 0
+    store.failure = MemoryError("injected by the test")
 
     def since(*args, **kwargs):
         if threading.current_thread().name == "broadcaster" and store.failures_left:
             store.failures_left -= 1
             store.failed += 1
-            raise MemoryError("injected by the test")
+            raise store.failure
         return real_since(*args, **kwargs)
 
     monkeypatch.setattr(store, "since", since)
@@ -354,6 +356,81 @@ def test_a_socket_whose_send_fails_unexpectedly_does_not_stop_the_others(
     for subscriber, ws in sockets.items():
         if subscriber is not broken:
             assert texts_until(ws, ["for everyone"], timeout=5) == ["for everyone"]
+
+
+def connect_and_identify(server, broadcaster, known):
+    """Connect a client and return it with its Subscriber, found as the one new in the registry."""
+    ws = server.connect()
+    receive_json(ws)
+    wait_until(lambda: len(broadcaster.subscribers) == len(known) + 1)
+    (subscriber,) = broadcaster.subscribers - set(known)
+    return ws, subscriber
+
+
+def test_a_broadcaster_whose_failure_log_fails_too_goes_on_serving_every_socket(
+        server, failing_store, monkeypatch):
+    import broadcaster as broadcaster_module
+
+    def log_fails(*args, **kwargs):
+        raise MemoryError("injected by the test: even logging failed")
+
+    monkeypatch.setattr(broadcaster_module.log, "exception", log_fails)
+    monkeypatch.setattr(broadcaster_module.log, "warning", log_fails)
+    sockets = [server.connect() for _ in range(3)]
+    for ws in sockets:
+        receive_json(ws)
+    failing_store.failures_left = 2
+
+    server.post("/messages", {"user": "Azin", "text": "posted while failing"})
+    for ws in sockets:
+        assert texts_until(ws, ["posted while failing"]) == ["posted while failing"]
+    assert failing_store.failed == 2
+    server.post("/messages", {"user": "Azin", "text": "posted after"})
+    for ws in sockets:
+        assert texts_until(ws, ["posted after"]) == ["posted after"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_broadcaster_thread_that_died_anyway_is_started_again_by_the_next_socket(
+        server, broadcaster, failing_store):
+    first, _ = connect_and_identify(server, broadcaster, [])
+    dead = broadcaster.thread
+    # Nothing in the broadcaster catches SystemExit: it ends the thread, as an
+    # error escaping every handler would.
+    failing_store.failure = SystemExit("injected by the test")
+    failing_store.failures_left = 1
+    server.post("/messages", {"user": "Azin", "text": "the round that killed it"})
+    wait_until(lambda: not dead.is_alive())
+
+    second = server.connect()
+    receive_json(second)
+    server.post("/messages", {"user": "Azin", "text": "after the restart"})
+    assert texts_until(first, ["after the restart"]) == ["the round that killed it", "after the restart"]
+    assert texts_until(second, ["after the restart"]) == ["after the restart"]
+
+
+def test_a_socket_whose_reader_thread_dies_is_closed_with_1011_and_frees_its_place(
+        server, broadcaster, caplog):
+    bystander, _ = connect_and_identify(server, broadcaster, [])
+    threads_before = server_threads()
+    victim, subscriber = connect_and_identify(server, broadcaster, set(broadcaster.subscribers))
+
+    def out_of_memory():
+        raise MemoryError("injected by the test: the reader ran out of memory")
+
+    # simple-websocket's reader thread handles each frame it reads with this method.
+    subscriber.connection._ws._handle_events = out_of_memory
+    victim.send(send_message_command("never carried out"))
+    with pytest.raises(ConnectionClosed) as closed:
+        victim.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    wait_until(lambda: len(broadcaster.subscribers) == 1)
+    wait_until(lambda: server_threads() <= threads_before)  # its request thread and its reader ended
+    assert any("reader failed" in record.getMessage() for record in caplog.records)
+
+    server.post("/messages", {"user": "Azin", "text": "still served"})
+    assert texts_until(bystander, ["still served"]) == ["still served"]
+    assert [m["text"] for m in server.get("/messages")["messages"]] == ["still served"]
 
 
 # File descriptors
