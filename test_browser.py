@@ -947,6 +947,22 @@ def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open
     expect(alert).to_have_text("Too many frames: slow down.")
 
 
+@pytest.mark.config(RATE_LIMIT=1)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_votes_beyond_the_rate_limit_are_refused_in_the_same_words_on_both_pages(
+        server, store, open_chat, path):
+    store.add("Azin", "Vote on me")  # straight into the store: no request to count against the limit
+    page = open_chat(server.url + path, network_errors_expected=True)  # 429s
+    like = vote_button(message(page, "Vote on me"), "Like 0").element_handle()
+
+    # Five likes at once: three fit in the burst, two are refused.
+    page.evaluate("like => { for (let n = 0; n < 5; n++) like.click(); }", like)
+
+    expect(page.get_by_role("alert")).to_have_text(
+        re.compile(r"^Too many changes: at most 1 a second\. Try again in \d+ s\.$"))
+    expect(vote_button(message(page, "Vote on me"), "Like 3")).to_be_visible()
+
+
 # Keeps the page's WebSockets in `window.pageSockets`, for a test to use as the page's own.
 RECORD_PAGE_SOCKETS = """
 window.pageSockets = [];
