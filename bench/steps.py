@@ -21,7 +21,7 @@ Run from the project root, in the project's virtual environment (Linux: it
 reads /proc):
 
     .venv/bin/python bench/steps.py               # about 3 minutes
-    .venv/bin/python bench/steps.py --rounds 3    # three bursts against each, about 4 minutes
+    .venv/bin/python bench/steps.py --rounds 3    # three bursts against each, about 5 minutes
 
 It starts its servers on free ports of 127.0.0.1 and stops them at the end,
 also after an error or Ctrl-C. Their logs go to a temporary folder whose name
