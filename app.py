@@ -18,7 +18,8 @@ import api
 import pages
 import sockets
 from broadcaster import Broadcaster
-from limits import BucketPerAddress, capacity, open_file_limit
+import serving
+from limits import BucketPerAddress
 from store import Store
 
 
@@ -32,6 +33,7 @@ def create_app(test_config=None):
         MAX_CONTENT_LENGTH=65536,
         PAGE_SIZE=200,
         RATE_LIMIT=10,
+        TRUSTED_PROXIES=0,
         REDIS_URL="",
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
@@ -51,10 +53,7 @@ def create_app(test_config=None):
     else:
         store = Store(**limits)
         posts_per_address = BucketPerAddress(app.config["RATE_LIMIT"])
-    open_files = open_file_limit()
-    websockets, long_polls = capacity(open_files)
-    app.logger.info("Room for %d WebSockets and %d waiting long polls (%d open files).",
-                    websockets, long_polls, open_files)
+    websockets, long_polls = serving.capacity(app)
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,
@@ -68,4 +67,5 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(sockets.bp)
     sockets.sock.init_app(app)
+    serving.init_app(app)
     return app

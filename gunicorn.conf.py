@@ -1,0 +1,63 @@
+"""gunicorn's settings for the chat; gunicorn started from this folder reads them by itself.
+
+    .venv/bin/gunicorn 'app:create_app()'
+
+serves the chat on http://127.0.0.1:8000/ (`-b 0.0.0.0:8000` for other
+machines; `-w 4` for four processes, which need FLASK_REDIS_URL to share one
+chat). Options on the command line win over the settings here.
+"""
+
+import os
+import signal
+import threading
+
+from gunicorn.workers.base_async import AsyncWorker
+from gunicorn.workers.gthread import ThreadWorker
+
+# This file is read before gevent patches the standard library in each worker,
+# so the app's modules are imported in the hooks below, after it.
+
+# gevent's worker: a connection waits in a greenlet, a few kilobytes, not in a
+# thread, so a WebSocket costs little more than its socket (bench/README.md).
+worker_class = "gevent"
+# Connections a worker serves at once. The app keeps a share of them, and of
+# its open files, for pages and the API (serving.capacity).
+worker_connections = 10000
+# A connection that sends no request within this many seconds is closed, as one
+# that stays idle this long between two requests.
+keepalive = 5
+# How long a stopping worker waits for its connections. It closes its WebSockets
+# itself, within a few seconds (below).
+graceful_timeout = 10
+
+
+def post_fork(server, worker):
+    """Tell the app, which this new worker creates next, how many connections the worker serves at once."""
+    if isinstance(worker, AsyncWorker):  # gevent: one greenlet for each
+        at_once = worker.cfg.worker_connections
+    elif isinstance(worker, ThreadWorker):  # gthread: one thread for each, while it is in a request
+        at_once = worker.cfg.threads
+    else:  # sync: one at a time, so no WebSockets and no long polls at all
+        at_once = 1
+    os.environ["CHAT_WORKER_CONNECTIONS"] = str(at_once)  # read by serving.capacity
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close every WebSocket with 1001 while the worker stops taking new connections."""
+    import serving
+
+    stop_taking_connections = worker.handle_exit
+
+    def stop(signum, frame):
+        stop_taking_connections(signum, frame)
+        # Not in the signal handler itself: closing waits for the clients' answers.
+        threading.Thread(target=serving.close_websockets).start()
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def worker_int(worker):
+    """On Ctrl+C (SIGINT) or SIGQUIT, close every WebSocket with 1001 before the worker exits."""
+    import serving
+
+    serving.close_websockets()
