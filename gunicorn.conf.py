@@ -26,6 +26,8 @@ worker_connections = 10000
 # A connection that sends no request within this many seconds is closed, as one
 # that stays idle this long between two requests.
 keepalive = 5
+# No control socket (gunicornc): several gunicorns on one machine would share its one path.
+control_socket_disable = True
 # How long a stopping worker waits for its connections. It closes its WebSockets
 # itself, within a few seconds (below).
 graceful_timeout = 10
@@ -43,17 +45,30 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, close every WebSocket with 1001 while the worker stops taking new connections."""
+    """Stop once, whichever signals come, closing every WebSocket with 1001 (worker_int, below)."""
     import serving
 
-    stop_taking_connections = worker.handle_exit
+    stopping = []
 
     def stop(signum, frame):
-        stop_taking_connections(signum, frame)
-        # Not in the signal handler itself: closing waits for the clients' answers.
-        threading.Thread(target=serving.close_websockets).start()
+        # Ctrl+C reaches a worker twice: from the terminal, and from gunicorn's master.
+        if stopping:
+            return
+        stopping.append(signum)
+        if signum == signal.SIGTERM:
+            # gunicorn waits for the requests under way, WebSockets included: close them meanwhile.
+            worker.handle_exit(signum, frame)
+            if isinstance(worker, AsyncWorker):  # gevent runs this in its loop, where nothing may wait
+                import gevent
 
-    signal.signal(signal.SIGTERM, stop)
+                gevent.spawn(serving.close_websockets)
+            else:
+                threading.Thread(target=serving.close_websockets).start()
+        else:
+            worker.handle_quit(signum, frame)  # calls worker_int, then exits
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, stop)
 
 
 def worker_int(worker):
