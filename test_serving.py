@@ -22,8 +22,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (ON_CI, FlaskRun, Gunicorn, free_port, raw_websocket, receive_json, receive_until,
-                      wait_until)
+from app import create_app
+from conftest import (ON_CI, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
+                      receive_until, wait_until)
 from test_hostile import (close_code_received, frames_left, history, masked_text_frame, read_server_frame,
                           send_frame)
 
@@ -351,15 +352,16 @@ def post_from(client, address, text, **headers):
 
 @pytest.mark.parametrize("proxies, separate", [(1, True), (0, False)])
 def test_flood_control_counts_the_address_a_trusted_proxy_forwards_and_ignores_it_otherwise(
-        app, client, proxies, separate):
-    app.config["TRUSTED_PROXIES"] = proxies
-    import serving
-
-    serving.init_app(app)  # ProxyFix reads the setting when the app is set up
-    statuses = [post_from(client, "203.0.113.1", f"m{n}").status_code for n in range(40)]
-    assert 429 in statuses  # the first address used up its allowance
-    other = post_from(client, "203.0.113.2", "another client").status_code
-    assert other == (201 if separate else 429)
+        proxies, separate):
+    app = create_app({"TESTING": True, "TRUSTED_PROXIES": proxies})
+    try:
+        client = app.test_client()
+        statuses = [post_from(client, "203.0.113.1", f"m{n}").status_code for n in range(40)]
+        assert 429 in statuses  # the first address used up its allowance
+        other = post_from(client, "203.0.113.2", "another client").status_code
+        assert other == (201 if separate else 429)
+    finally:
+        close_app(app)
 
 
 @pytest.mark.config(TRUSTED_PROXIES=1)
