@@ -402,3 +402,22 @@ def test_a_host_not_in_flask_trusted_hosts_gets_400(tmp_path):
         assert status_of(server.url + "/messages", headers={"Host": "rebound.example"}) == 400
     finally:
         server.stop()
+
+
+@pytest.mark.config(RATE_LIMIT=0)  # one sender, as fast as it goes
+def test_under_gunicorn_a_client_that_never_reads_delays_no_one(gunicorn):
+    # Under gevent, a send that would wait makes the broadcaster wait, unless
+    # connection.py sends through the socket underneath gevent's.
+    stalled = raw_websocket(gunicorn.port, receive_buffer=4096)  # never reads a byte
+    try:
+        watcher = gunicorn.connect(max_queue=None)
+        sender = gunicorn.connect(max_queue=None)
+        receive_json(watcher)
+        receive_json(sender)
+        total, text = 8000, "x" * 990  # 9 MB: more than the stalled client's buffers hold
+        for n in range(total):
+            send_frame(sender, {"command": "send-message", "message": {"user": "flood", "text": f"{n} {text}"}})
+        frames = receive_until(watcher, lambda frames: frames and frames[-1]["cursor"] == total, timeout=60)
+        assert [int(text.split()[0]) for text in texts(frames)] == list(range(total))
+    finally:
+        stalled.close()
