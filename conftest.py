@@ -332,8 +332,9 @@ class Gunicorn:
 
     connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
 
-    def __init__(self, env=None, options=(), log=None):
+    def __init__(self, env=None, options=(), log=None, open_files=None):
         self.port = free_port()
+        self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
         self.options = list(options)  # more command-line options, such as ["-w", "2"]
@@ -345,6 +346,8 @@ class Gunicorn:
         # The README's command, on a free port: `gunicorn 'app:create_app()'`.
         command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
                    "app:create_app()"]
+        if self.open_files:
+            command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=output,
                                         stderr=subprocess.STDOUT)
