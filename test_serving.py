@@ -359,13 +359,19 @@ def post_from(client, address, text, **headers):
 @pytest.mark.parametrize("proxies, separate", [(1, True), (0, False)])
 def test_flood_control_counts_the_address_a_trusted_proxy_forwards_and_ignores_it_otherwise(
         proxies, separate):
-    app = create_app({"TESTING": True, "TRUSTED_PROXIES": proxies})
+    # One change a second, in bursts of three.
+    app = create_app({"TESTING": True, "TRUSTED_PROXIES": proxies, "RATE_LIMIT": 1})
     try:
         client = app.test_client()
-        statuses = [post_from(client, "203.0.113.1", f"m{n}").status_code for n in range(40)]
-        assert 429 in statuses  # the first address used up its allowance
-        other = post_from(client, "203.0.113.2", "another client").status_code
-        assert other == (201 if separate else 429)
+        statuses = []
+        while 429 not in statuses:  # the first address uses up its allowance
+            statuses.append(post_from(client, "203.0.113.1", f"m{len(statuses)}").status_code)
+            assert len(statuses) < 100, "never refused"
+        others = [post_from(client, "203.0.113.2", f"another client {n}").status_code for n in range(3)]
+        if separate:
+            assert others == [201, 201, 201]  # a burst of its own
+        else:
+            assert 429 in others  # at most the token or two that came back meanwhile
     finally:
         close_app(app)
 
