@@ -1,15 +1,22 @@
-"""The chat's web server. `create_app()` puts the pieces together:
+"""The chat's web server. `create_app()` puts the pieces together.
 
+The chat itself, to read first:
 - pages.py: the landing page, the two chat pages and /hello;
 - api.py: the HTTP API, GET and POST /messages, likes and dislikes;
 - sockets.py: the WebSocket routes, /hello/ws and /ws;
 - store.py: the messages, and the cursor that counts every change;
   redis_store.py: the same in Redis, for several processes;
 - broadcaster.py: the thread that pushes every change to every socket.
+
+What keeps one client from hurting the others, to read after:
+- guards.py: the HTTP API's checks (this site only, JSON, flood control, sizes);
+- handshake.py: what is refused before a WebSocket upgrade;
+- text_rules.py: what a name and a message may hold;
+- limits.py: flood control, and places per client address;
+- connection.py: sockets that never block on a slow client, and close cleanly.
 """
 
 import logging
-import threading
 from types import SimpleNamespace
 
 from flask import Flask
@@ -19,7 +26,7 @@ import pages
 import sockets
 from broadcaster import Broadcaster
 import serving
-from limits import BucketPerAddress
+from limits import BucketPerAddress, Places
 from store import Store
 
 
@@ -33,6 +40,7 @@ def create_app(test_config=None):
         MAX_CONTENT_LENGTH=65536,
         PAGE_SIZE=200,
         RATE_LIMIT=10,
+        MAX_SOCKETS_PER_ADDRESS=100,
         TRUSTED_PROXIES=0,
         REDIS_URL="",
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
@@ -44,23 +52,25 @@ def create_app(test_config=None):
         app.logger.setLevel(logging.INFO)
 
     # The in-memory store unless REDIS_URL names a Redis to share with other processes.
-    limits = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
+    sizes = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
+    rate = app.config["RATE_LIMIT"]
     if app.config["REDIS_URL"]:
         from redis_store import RedisBucketPerAddress, RedisStore  # only then is redis needed
 
-        store = RedisStore(app.config["REDIS_URL"], **limits)
-        posts_per_address = RedisBucketPerAddress(store.redis, app.config["RATE_LIMIT"])
+        store = RedisStore(app.config["REDIS_URL"], **sizes)
+        changes_per_address = RedisBucketPerAddress(store.redis, rate)  # shared by every process
     else:
-        store = Store(**limits)
-        posts_per_address = BucketPerAddress(app.config["RATE_LIMIT"])
+        store = Store(**sizes)
+        changes_per_address = BucketPerAddress(rate)
     websockets, long_polls = serving.capacity(app)
+    per_address = app.config["MAX_SOCKETS_PER_ADDRESS"]
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,
         broadcaster=Broadcaster(store),
-        posts_per_address=posts_per_address,
-        socket_slots=threading.BoundedSemaphore(websockets),
-        long_poll_slots=threading.BoundedSemaphore(long_polls),
+        changes_per_address=changes_per_address,
+        sockets=Places(websockets, per_address),
+        long_polls=Places(long_polls, per_address),
     )
 
     app.register_blueprint(pages.bp)

@@ -1,13 +1,20 @@
 """Limits that keep one client from hurting the others: flood control, and how many sockets fit.
 
-Flood control is a token bucket: a client gets `rate` tokens a second, keeps at
-most `burst` of them, and spends one on each change it asks for. So a person
-clicking fast is never refused, and a runaway loop gets `rate` changes a second.
+Flood control is a token bucket for each client address: it gets `rate` tokens
+a second, keeps at most `burst` of them, and spends one on each change it asks
+for, over HTTP or any of its WebSockets. So a person clicking fast is never
+refused, and a runaway loop gets `rate` changes a second, however many
+connections it opens or reopens.
+
+Places are counted per address too: no address holds more than its share of
+the server's WebSockets or waiting long polls, whatever is left for the others.
 """
 
+import math
 import resource
 import threading
 import time
+from collections import Counter
 
 
 class TokenBucket:
@@ -18,7 +25,6 @@ class TokenBucket:
         self.burst = burst or 3 * rate
         self.tokens = self.burst
         self.updated = time.monotonic()
-        self.refused = 0  # refusals since a token was last taken
 
     def take(self):
         """Take a token and return 0, or return how many seconds until there is one."""
@@ -29,9 +35,7 @@ class TokenBucket:
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
-            self.refused = 0
             return 0
-        self.refused += 1
         return (1 - self.tokens) / self.rate
 
     def is_full(self):
@@ -59,6 +63,61 @@ class BucketPerAddress:
                 self.buckets = {a: b for a, b in self.buckets.items() if not b.is_full()}
             bucket = self.buckets.setdefault(address, TokenBucket(self.rate))
             return bucket.take()
+
+
+def too_many_changes(rate, wait):
+    """The refusal a client gets over HTTP and WebSocket alike, for a person to read."""
+    return f"Too many changes: at most {rate} a second. Try again in {math.ceil(wait)} s."
+
+
+class FrameAllowance:
+    """One WebSocket's share of its address's flood allowance, and whether it keeps flooding."""
+
+    def __init__(self, buckets, address):
+        self.buckets = buckets
+        self.address = address
+        self.refused_in_a_row = 0
+
+    def take(self):
+        """Spend a token of the address; return 0, or how many seconds until there is one."""
+        wait = self.buckets.take(self.address)
+        self.refused_in_a_row = self.refused_in_a_row + 1 if wait else 0
+        return wait
+
+    @property
+    def flooding(self):
+        """True once a burst's worth of frames in a row were refused: the client isn't listening."""
+        return self.refused_in_a_row > 3 * self.buckets.rate
+
+
+class Places:
+    """At most `total` of something at once (open WebSockets, waiting long polls), `per_address` per address."""
+
+    def __init__(self, total, per_address):
+        self.total = total
+        self.per_address = per_address
+        self.taken = Counter()  # address -> places it holds
+        self.count = 0  # places taken in all
+        self.lock = threading.Lock()
+
+    def take(self, address):
+        """Take a place for `address`; return None, or who is full: "server" or "address"."""
+        with self.lock:
+            if self.count >= self.total:
+                return "server"
+            if self.taken[address] >= self.per_address:
+                return "address"
+            self.taken[address] += 1
+            self.count += 1
+            return None
+
+    def give_back(self, address):
+        """Give back a place that `address` took."""
+        with self.lock:
+            self.count -= 1
+            self.taken[address] -= 1
+            if not self.taken[address]:
+                del self.taken[address]
 
 
 # A WebSocket holds two file descriptors: its socket, and the selector that

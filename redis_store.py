@@ -156,9 +156,10 @@ local epoch = current_epoch()
 if ARGV[5] ~= "" and ARGV[5] ~= epoch then return newest_page(epoch, true, tonumber(ARGV[6])) end
 local last = tonumber(redis.call("GET", last_id_key) or "0")
 local oldest = tonumber(redis.call("GET", oldest_key) or "1")
-local first = math.max(oldest, tonumber(ARGV[3]) - tonumber(ARGV[4]))
+local before = math.min(tonumber(ARGV[3]), last + 1)  -- past the newest: the newest page
+local first = math.max(oldest, before - tonumber(ARGV[4]))
 local ids = {}
-for id = first, math.min(tonumber(ARGV[3]) - 1, last) do table.insert(ids, id) end
+for id = first, before - 1 do table.insert(ids, id) end
 local cursor = tonumber(redis.call("GET", cursor_key) or "0")
 return answer(epoch, cursor, false, first > oldest, ids)
 """

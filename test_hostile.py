@@ -16,12 +16,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 from wsproto.frame_protocol import FrameProtocol
 
 from app import create_app
 from conftest import (BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, LiveServer, close_app,
-                      free_port, raw_websocket, receive_json, server_threads, wait_until)
+                      free_port, raw_websocket, receive_json, receive_until, server_threads, wait_until)
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -206,6 +207,8 @@ def test_broken_handshakes_get_400_with_a_reason_and_one_log_line_without_traceb
     answer = send_request(logged_flask_run, "GET", path, headers=headers)
     assert answer.status == 400
     assert complaint in answer.json["error"]
+    if complaint == "Sec-WebSocket-Version":  # RFC 6455, 4.4: say which version we speak
+        assert answer.headers["Sec-WebSocket-Version"] == "13"
     # werkzeug logs the request once it has been answered.
     wait_until(lambda: '" 400 ' in server_log(logged_flask_run)[logged_before:], timeout=PROMPTLY)
     logged = server_log(logged_flask_run)[logged_before:]
@@ -237,14 +240,11 @@ def test_invisible_text_control_characters_and_invalid_utf8_get_400_and_nothing_
     assert history(shared_server) == before
 
 
-def test_a_chunked_body_over_the_size_limit_gets_413_and_is_not_cut_short_and_stored(server):
-    # Valid JSON followed by spaces: cut anywhere past the closing brace, it still
-    # reads as a message, so storing a cut body would show here.
-    body = b'{"user": "Azin", "text": "chunked"}'
-    body += b" " * (72 * 1024 - len(body))
+def post_chunked(server, body, content_type="application/json", encoding="chunked"):
+    """POST `body` in chunks of 8 KB, with no Content-Length; return the Answer."""
     chunks = [body[start:start + 8192] for start in range(0, len(body), 8192)]
     request = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+               f"Content-Type: {content_type}\r\nTransfer-Encoding: {encoding}\r\n"
                "Connection: close\r\n\r\n").encode()
     request += b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=PROMPTLY) as raw:
@@ -253,9 +253,24 @@ def test_a_chunked_body_over_the_size_limit_gets_413_and_is_not_cut_short_and_st
         # open after it, reading whatever else the client might send.
         response = http.client.HTTPResponse(raw)
         response.begin()
-        answer = Answer(response)
+        return Answer(response)
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "Chunked", "CHUNKED"])  # header values ignore case
+def test_a_chunked_body_over_the_size_limit_gets_413_and_is_not_cut_short_and_stored(server, encoding):
+    # Valid JSON followed by spaces: cut anywhere past the closing brace, it still
+    # reads as a message, so storing a cut body would show here.
+    body = b'{"user": "Azin", "text": "chunked"}'
+    answer = post_chunked(server, body + b" " * (72 * 1024 - len(body)), encoding=encoding)
     assert answer.status == 413
     assert answer.json["error"]
+    assert history(server) == (0, [])
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "Chunked"])
+def test_a_chunked_body_that_is_not_declared_json_gets_415(server, encoding):
+    answer = post_chunked(server, b'{"user": "Azin", "text": "no-cors"}', "text/plain", encoding)
+    assert answer.status == 415
     assert history(server) == (0, [])
 
 
@@ -757,3 +772,182 @@ def test_a_script_that_connects_sends_one_message_and_closes_has_sent_it(server)
             send_frame(ws, {"command": "send-message", "message": {"user": "Azin", "text": f"hi {n}"}})
     wait_until(lambda: history(server)[0] == 20, timeout=PROMPTLY)
     assert [text for text, _, _ in history(server)[1]] == [f"hi {n}" for n in range(20)]
+
+
+# Flood control and places count per client address, not per connection
+
+
+def connect_from(server, address, path="/ws"):
+    """Open a WebSocket from the local address `address` (any of 127.0.0.0/8: another client)."""
+    raw = socket.create_connection(("127.0.0.1", server.port), source_address=(address, 0))
+    return server.clients.enter_context(
+        connect(f"ws://127.0.0.1:{server.port}{path}", sock=raw, max_size=None))
+
+
+def post_from(server, address, path="/messages", message=None):
+    """POST `message` as JSON from the local address `address`; return the Answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPTLY,
+                                            source_address=(address, 0))
+    try:
+        body = json.dumps(message).encode() if message is not None else None
+        connection.request("POST", path, body=body,
+                           headers={"Content-Type": "application/json"} if body else {})
+        return Answer(connection.getresponse())
+    finally:
+        connection.close()
+
+
+def send_message_command(text):
+    return {"command": "send-message", "message": {"user": "Azin", "text": text}}
+
+
+def test_reconnecting_buys_no_new_allowance(server, broadcaster):
+    started, sent = time.monotonic(), 0
+    while time.monotonic() - started < 3:
+        with server.connect(max_queue=None) as ws:  # a new connection for every 29 messages
+            receive_json(ws)
+            for _ in range(29):
+                send_frame(ws, send_message_command(f"reconnect {sent}"))
+                sent += 1
+    elapsed = time.monotonic() - started
+    wait_until(lambda: not broadcaster.subscribers)  # every frame sent has been dealt with
+    stored = history(server)[0]
+    assert stored <= RATE_LIMIT * elapsed + BURST + 5
+    assert sent >= 5 * stored, f"only {sent} messages sent: not a flood"
+
+
+def test_many_sockets_from_one_address_share_one_allowance(server, broadcaster):
+    sockets = [server.connect(max_queue=None) for _ in range(50)]
+    for ws in sockets:
+        receive_json(ws)
+    started = time.monotonic()
+    for n in range(5):
+        for ws in sockets:
+            send_frame(ws, send_message_command(f"socket {n}"))
+    for ws in sockets:
+        ws.close()
+    wait_until(lambda: not broadcaster.subscribers)
+    assert history(server)[0] <= RATE_LIMIT * (time.monotonic() - started) + BURST + 5
+
+
+@pytest.mark.config(RATE_LIMIT=1)  # a token a second: a refusal holds long enough to try both ways
+def test_http_and_websocket_changes_of_an_address_share_one_allowance_and_one_wording(server):
+    ws = server.connect()
+    receive_json(ws)
+    started = time.monotonic()
+    for n in range(50):  # the burst of 3, then a refusal
+        refused = post_json(server, "/messages", {"user": "Azin", "text": f"post {n}"})
+        if refused.status == 429:
+            break
+    assert refused.status == 429
+    for n in range(5):
+        send_frame(ws, {**send_message_command(f"frame {n}"), "ref": f"m-{n}"})
+    frames = receive_until(ws, lambda frames: any(frame["command"] == "error" for frame in frames))
+    refusals = [frame for frame in frames if frame["command"] == "error"]
+    assert {frame["ref"] for frame in refusals} <= {f"m-{n}" for n in range(5)}
+    # At most the burst of 3, and a token a second since, however it was asked for:
+    # an allowance for each connection would have let 3 more through at once.
+    assert history(server)[0] <= 3 + (time.monotonic() - started) + 1
+    # The same words both ways, in whole seconds: "... Try again in 1 s."
+    http_words = refused.json["error"]
+    assert http_words.startswith("Too many changes: at most 1 a second. Try again in ")
+    assert http_words.endswith(f" {refused.headers['Retry-After']} s.")
+    assert all(frame["error"].startswith(http_words.rsplit(" ", 2)[0]) for frame in refusals)
+
+    # Another address has an allowance of its own.
+    cursor = history(server)[0]
+    assert post_from(server, "127.0.0.2", message={"user": "Bo", "text": "my own"}).status == 201
+    other = connect_from(server, "127.0.0.3")
+    receive_json(other)
+    send_frame(other, send_message_command("mine too"))
+    wait_until(lambda: "mine too" in [text for text, _, _ in history(server)[1]])
+    assert history(server)[0] >= cursor + 2
+
+
+@pytest.mark.config(MAX_SOCKETS_PER_ADDRESS=5)
+def test_an_address_holds_at_most_max_sockets_per_address_websockets(server, broadcaster):
+    sockets = [server.connect() for _ in range(5)]
+    for ws in sockets:
+        receive_json(ws)
+    with pytest.raises(InvalidStatus) as refused:
+        server.connect()
+    assert refused.value.response.status_code == 429
+    assert b"already has 5 WebSockets" in refused.value.response.body
+    assert send_request(server, "GET", "/messages").status == 200  # the API still answers it
+
+    elsewhere = connect_from(server, "127.0.0.2")  # another client is not refused
+    assert receive_json(elsewhere)["command"] == "messages"
+    sockets[0].close()
+    wait_until(lambda: len(broadcaster.subscribers) == 5)
+    again = server.connect()  # its place came back
+    assert receive_json(again)["command"] == "messages"
+
+
+@pytest.mark.config(MAX_SOCKETS_PER_ADDRESS=3)
+def test_an_address_holds_at_most_max_sockets_per_address_waiting_long_polls(server):
+    long_polls = server.app.extensions["chat"].long_polls
+    cursor = history(server)[0]
+    answers = []
+
+    def long_poll():
+        answers.append(send_request(server, "GET", f"/messages?since={cursor}&wait=20"))
+
+    waiting = [threading.Thread(target=long_poll) for _ in range(3)]
+    for thread in waiting:
+        thread.start()
+    wait_until(lambda: long_polls.count == 3)
+    refused = send_request(server, "GET", f"/messages?since={cursor}&wait=20")
+    assert refused.status == 429
+    assert "already has 3 requests waiting" in refused.json["error"]
+    assert send_request(server, "GET", f"/messages?since={cursor}").status == 200  # not waiting: fine
+
+    post_json(server, "/messages", {"user": "Azin", "text": "wake up"})
+    for thread in waiting:
+        thread.join(PROMPTLY)
+    assert [answer.status for answer in answers] == [200, 200, 200]
+    assert long_polls.count == 0
+
+
+# Compressed frames
+
+
+def test_compression_is_never_negotiated_so_no_frame_inflates_past_the_limit(server):
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=PROMPTLY)
+    raw.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += raw.recv(1)
+    assert response.startswith(b"HTTP/1.1 101")
+    assert b"sec-websocket-extensions" not in response.lower()
+    read_server_frame(raw)
+    # A compressed frame anyway (RSV1 set): 100 KB of zeros that would inflate to 100 MB.
+    import zlib
+    deflated = zlib.compressobj(9, zlib.DEFLATED, -15).compress(b"\0" * 100 * 2**20)
+    mask = b"\1\2\3\4"
+    header = bytes([0xC1, 0xFF]) + len(deflated).to_bytes(8, "big") + mask
+    raw.sendall(header + bytes(byte ^ mask[i % 4] for i, byte in enumerate(deflated)))
+    assert close_code_received(raw) == 1002  # a protocol error: nothing was inflated
+    raw.close()
+    assert history(server) == (0, [])
+
+
+# Refs that JSON can't hold
+
+
+@pytest.mark.parametrize("ref", ["NaN", "Infinity", "-Infinity", "1e999", str(2**53 + 1)])
+def test_a_ref_that_json_or_javascript_cannot_hold_is_refused_and_every_frame_stays_json(
+        shared_server, ref):
+    before = history(shared_server)
+    ws = shared_server.connect()
+    receive_json(ws)
+    ws.send('{"command": "like", "id": 1, "ref": %s}' % ref)  # as a hand-written client sends it
+    text = ws.recv(timeout=PROMPTLY)
+    error = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON: {text}"))
+    assert error["command"] == "error"
+    assert '"ref"' in error["error"] and "ref" not in error
+    assert history(shared_server) == before
+    ws.close()

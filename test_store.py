@@ -136,6 +136,14 @@ def test_liking_an_unknown_message_raises_key_error_and_changes_nothing(make_sto
         (["Azin"], "Hello", "must be text"),
         ("Azin", 42, "must be text"),
         ("Azin", "half a character: \ud800", "invalid character"),
+        ("Azin", "two\u2028lines", "line or paragraph separators"),
+        ("Azin", "two\u2029paragraphs", "line or paragraph separators"),
+        ("Azin", "Z" + "\u0301" * 31, "combining marks"),
+        ("Azin\nBo", "Hello", "control characters"),  # a name is one line
+        ("Azin\tBo", "Hello", "control characters"),
+        ("Azin", "bell \x07", "control characters"),
+        ("Azin", "carriage \r return", "control characters"),
+        ("Azin", "escape \x1b[2J", "control characters"),
     ],
 )
 def test_invalid_messages_raise_value_error_and_change_nothing(make_store, user, text, complaint):
@@ -144,6 +152,30 @@ def test_invalid_messages_raise_value_error_and_change_nothing(make_store, user,
         store.add(user, text)
     assert store.cursor == 0
     assert store.since(0)["messages"] == []
+
+
+@pytest.mark.parametrize("text, stored", [
+    ("def f():\n\treturn 1", "def f():\n\treturn 1"),  # code pasted in class keeps its lines and tabs
+    ("Windows\r\nlines\r\n", "Windows\nlines"),
+    ("Z" + "\u0301" * 30 + " and é", "Z" + "\u0301" * 30 + " and é"),  # 30 marks in a row: still text
+])
+def test_text_keeps_its_line_breaks_and_tabs(make_store, text, stored):
+    store = make_store()
+    assert store.add("Azin", text)["text"] == stored
+    assert store.since(0)["messages"][0]["text"] == stored
+
+
+def test_a_page_before_an_id_past_the_newest_is_the_newest_page_and_never_an_empty_one_with_more(
+        make_store):
+    store = make_store()
+    empty = store.before(10**6, 5)
+    assert (empty["messages"], empty["more"]) == ([], False)
+    for n in range(1, 8):
+        store.add("Azin", f"m{n}")
+    page = store.before(10**6, 5)
+    assert [m["id"] for m in page["messages"]] == [3, 4, 5, 6, 7]
+    assert page["more"] is True
+    assert store.before(8, 5) == page
 
 
 def test_limits_are_counted_after_trimming(make_store):
