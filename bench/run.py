@@ -418,7 +418,9 @@ class Servers:
             raise ValueError(f"a server named {name!r} has been started already")
         port = free_port()
         # The benchmark's few clients send far faster than a person: flood control would refuse them.
-        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0")
+        # And all its clients come from one address, which may otherwise hold only 100 sockets.
+        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0",
+                   FLASK_MAX_SOCKETS_PER_ADDRESS="1000000")
         env.pop("FLASK_DEBUG", None)  # debug mode would start a reloader and a second process
         env.pop("FLASK_REDIS_URL", None)  # a Redis set in the shell must not slip into the in-memory runs
         if redis_url:
