@@ -7,6 +7,7 @@ gunicorn.conf.py (the `gunicorn` fixture), where sockets wait in greenlets.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -23,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (ON_CI, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
+from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
                       receive_until, wait_until)
 from test_hostile import (close_code_received, frames_left, history, masked_text_frame, read_server_frame,
                           send_frame)
@@ -206,6 +207,7 @@ def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_a
 
 
 def flask_run(tmp_path, **env):
+    """A FlaskRun, not yet started, logging to the test's folder."""
     return FlaskRun(free_port(), env=env, log=tmp_path / "flask.log")
 
 
@@ -266,7 +268,7 @@ def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_mean
 
 def self_signed_certificate(folder):
     """Make a certificate and key for 127.0.0.1 with openssl; return their paths."""
-    if not subprocess.run(["which", "openssl"], capture_output=True).returncode == 0:
+    if not shutil.which("openssl"):
         if ON_CI:
             pytest.fail("openssl is not installed", pytrace=False)
         pytest.skip("openssl is not installed")
@@ -283,7 +285,7 @@ def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waitin
     log = open(tmp_path / "flask.log", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "run", "--port", str(port), "--cert", str(cert), "--key", str(key)],
-        cwd=os.path.dirname(__file__), stdout=log, stderr=subprocess.STDOUT)
+        cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
     untrusting = ssl.create_default_context()
     untrusting.check_hostname, untrusting.verify_mode = False, ssl.CERT_NONE
     silent = None
@@ -307,6 +309,7 @@ def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waitin
 
 
 def answers(url, context):
+    """True if GET `url`/ gets an answer over TLS."""
     try:
         urllib.request.urlopen(url + "/", context=context, timeout=2).close()
         return True
