@@ -51,26 +51,32 @@ def create_app(test_config=None):
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)
 
+    websockets, long_polls = serving.capacity(app)
+    per_address = app.config["MAX_SOCKETS_PER_ADDRESS"]
+
     # The in-memory store unless REDIS_URL names a Redis to share with other processes.
     sizes = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
     rate = app.config["RATE_LIMIT"]
     if app.config["REDIS_URL"]:
-        from redis_store import RedisBucketPerAddress, RedisStore  # only then is redis needed
+        from redis_limits import RedisBucketPerAddress, RedisPlaces  # only then is redis needed
+        from redis_store import RedisStore
 
         store = RedisStore(app.config["REDIS_URL"], **sizes)
-        changes_per_address = RedisBucketPerAddress(store.redis, rate)  # shared by every process
+        # Counted in Redis too: spreading over processes gains a client nothing.
+        changes_per_address = RedisBucketPerAddress(store, rate)
+        socket_places = RedisPlaces(store, "websockets", websockets, per_address)
+        long_poll_places = RedisPlaces(store, "long-polls", long_polls, per_address)
     else:
         store = Store(**sizes)
         changes_per_address = BucketPerAddress(rate)
-    websockets, long_polls = serving.capacity(app)
-    per_address = app.config["MAX_SOCKETS_PER_ADDRESS"]
+        socket_places, long_poll_places = Places(websockets, per_address), Places(long_polls, per_address)
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,
         broadcaster=Broadcaster(store),
         changes_per_address=changes_per_address,
-        sockets=Places(websockets, per_address),
-        long_polls=Places(long_polls, per_address),
+        sockets=socket_places,
+        long_polls=long_poll_places,
     )
 
     app.register_blueprint(pages.bp)

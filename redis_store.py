@@ -8,6 +8,12 @@ unchanged. Read `store.py` first: this is the same idea, spread over processes.
   exactly one, atomically, whichever process runs it. A retried write (redis-py
   retries when a connection drops, and the first try may have gone through)
   carries the same token, and the script carries out each token only once.
+  Nor does it carry out a write that reaches it too late (a Redis that was
+  stopped, say): by then the sender has answered 503.
+- A Redis that fails, stalls or refuses costs a request at most a few seconds:
+  reads time out, only dropped connections are retried, and once the listener
+  finds Redis unreachable, requests are told so at once. Every error becomes
+  `StoreUnavailable`, which the routes answer with 503 or an `error` frame.
 - Each change is published. One listener thread per process hears it and wakes
   that process's waiting long polls and its broadcaster. Publishing is
   at-most-once, so after any reconnect the listener reads the cursor again;
@@ -18,8 +24,8 @@ unchanged. Read `store.py` first: this is the same idea, spread over processes.
 
 Keys: chat:messages (hash: id -> message JSON), chat:changes (sorted set: id
 scored by the cursor of its last change), chat:cursor, chat:last_id,
-chat:oldest_id, chat:epoch, chat:run_id, and chat:done:<token> for a minute
-after each write.
+chat:oldest_id, chat:epoch, chat:run_id, and chat:done:<token> (a message
+id) for the second or two in which each write could be retried.
 """
 
 import json
@@ -43,8 +49,12 @@ CHANNEL = "chat:changes"
 # With nothing published for this long, the listener reads the cursor anyway:
 # a FLUSHALL publishes nothing.
 LISTEN_INTERVAL = 1
-# How long a write's token is remembered, so that a retry of it does nothing.
-DONE_SECONDS = 60
+# Each read from Redis waits at most this long (seconds), so a Redis that
+# stalls costs a request this much, not the whole stall.
+READ_TIMEOUT = 2
+# A write that Redis hasn't carried out this many seconds after it was sent is
+# never carried out: its sender stops waiting soon after, and answers 503.
+WRITE_DEADLINE = 1.5
 
 # Shared by every script: the keys by name, and the epoch, made anew when it is missing.
 PRELUDE = """
@@ -84,26 +94,44 @@ local function newest_page(epoch, reset, page_size)
   return answer(epoch, cursor, reset, first > oldest, ids)
 end
 
+-- A write carries a token (KEYS[8]) and a deadline on Redis's clock (ARGV[3]).
+-- Return the id of the message a write with this token changed already, if
+-- one did. Past the deadline, refuse: the sender has stopped waiting.
+local now
+local function done_before()
+  local id = redis.call("GET", KEYS[8])
+  local time = redis.call("TIME")
+  now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+  if not id and now > tonumber(ARGV[3]) then
+    error({err = "TOOLATE the change reached Redis after its sender had stopped waiting"})
+  end
+  return id
+end
+
 -- Record a change to message `id`, tell every process, and remember the
--- write's token (KEYS[8]) with its result.
-local function record_change(epoch, id, result)
+-- write's token until its deadline: a retry can't come later.
+local function record_change(epoch, id, message)
   local cursor = redis.call("INCR", cursor_key)
   redis.call("ZADD", changes_key, cursor, id)
-  redis.call("SET", KEYS[8], result, "EX", ARGV[3])
+  redis.call("SET", KEYS[8], id, "PX", math.floor((tonumber(ARGV[3]) - now) * 1000) + 1)
   redis.call("PUBLISH", "chat:changes", epoch .. " " .. cursor)
-  return result
+  return message
 end
 """
 
-# ARGV: fresh epoch, run_id, seconds to remember, user, text, timestamp, max messages.
+# ARGV: fresh epoch, run_id, deadline, user, text, timestamp, max messages.
 ADD = PRELUDE + """
-local done = redis.call("GET", KEYS[8])
-if done then return done end
+local function new_message(id)
+  return cjson.encode({id = tonumber(id), user = ARGV[4], text = ARGV[5], timestamp = ARGV[6],
+                       likes = 0, dislikes = 0})
+end
+local done = done_before()
+-- A retry: the message as it is now, or as it was made if it has been dropped since.
+if done then return redis.call("HGET", messages_key, done) or new_message(done) end
 local epoch = current_epoch()
 local id = redis.call("INCR", last_id_key)
 local oldest = tonumber(redis.call("GET", oldest_key) or id)
-local message = cjson.encode({id = id, user = ARGV[4], text = ARGV[5], timestamp = ARGV[6],
-                              likes = 0, dislikes = 0})
+local message = new_message(id)
 redis.call("HSET", messages_key, id, message)
 while id - oldest + 1 > tonumber(ARGV[7]) do
   redis.call("HDEL", messages_key, oldest)
@@ -114,10 +142,10 @@ redis.call("SET", oldest_key, oldest)
 return record_change(epoch, id, message)
 """
 
-# ARGV: fresh epoch, run_id, seconds to remember, message id, "likes" or "dislikes".
+# ARGV: fresh epoch, run_id, deadline, message id, "likes" or "dislikes".
 VOTE = PRELUDE + """
-local done = redis.call("GET", KEYS[8])
-if done then return done end
+local done = done_before()
+if done then return redis.call("HGET", messages_key, done) end
 local epoch = current_epoch()
 local message = redis.call("HGET", messages_key, ARGV[4])
 if not message then return false end
@@ -187,13 +215,18 @@ class RedisStore:
         self.max_messages = max_messages
         self.page_size = page_size
         self.run_id = ""
+        self.clock_offset = 0  # Redis's clock minus ours, in seconds
+        # Why Redis can't be reached, as the listener last found; None while it answers.
+        self.unreachable = None
+        self._quiet_until = 0  # no refusal logged until then
         self.redis = redis.Redis.from_url(
             url,
-            # Fail fast when Redis is down, so that requests get a 503 within a few seconds.
             socket_connect_timeout=1,
-            socket_timeout=2,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-            health_check_interval=5,
+            socket_timeout=READ_TIMEOUT,
+            # A dropped connection is retried once, which the write's token makes
+            # safe. A timeout is not: a Redis that doesn't answer won't answer again.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1,
+                        supported_errors=(redis.ConnectionError,)),
             redis_connect_func=self._on_connect,
         )
         self._add, self._vote, self._since, self._before, self._state = (
@@ -201,7 +234,7 @@ class RedisStore:
         # (epoch, cursor) as last heard by the listener; `wait` waits for it to move.
         self._heard = (None, 0)
         self._changes = threading.Condition()
-        self._closed = threading.Event()
+        self.closed = threading.Event()  # set by close(): stops the listener, and what uses the store
         self._listener = threading.Thread(target=self._listen, name="redis-listener", daemon=True)
         self._listener.start()
 
@@ -213,10 +246,7 @@ class RedisStore:
     @property
     def cursor(self):
         """The cursor of the latest change."""
-        try:
-            return int(self.redis.get("chat:cursor") or 0)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"Redis can't be reached ({error}).") from None
+        return int(self.call(self.redis.get, "chat:cursor") or 0)
 
     def add(self, user, text):
         """Store a new message and return it; raise ValueError if user or text is invalid."""
@@ -243,12 +273,33 @@ class RedisStore:
         """Block until a change after `cursor` is heard of, or `timeout` seconds pass; return True if one was."""
         with self._changes:
             epoch = self._heard[0]  # None until the listener has heard from Redis
+            # Redis becoming unreachable ends the wait too: the caller will hear why.
             return self._changes.wait_for(
-                lambda: epoch not in (None, self._heard[0]) or self._heard[1] > cursor, timeout)
+                lambda: epoch not in (None, self._heard[0]) or self._heard[1] > cursor
+                or self.unreachable is not None, timeout)
+
+    def call(self, command, *args, **options):
+        """Run a redis-py command or script; raise StoreUnavailable, saying why, if Redis fails or refuses."""
+        if self.unreachable:  # the listener knows already: this request needn't wait to find out
+            raise StoreUnavailable(self.unreachable)
+        try:
+            return command(*args, **options)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            raise StoreUnavailable(cant_reach(error)) from None
+        except redis.RedisError as error:  # Redis answered: out of memory, a read-only replica, ...
+            reason = str(error).split(" script: ")[0]  # without the script's hash
+            if time.monotonic() > self._quiet_until:  # a line a minute tells the log enough
+                log.warning("Redis refuses commands (%s); requests that need them get 503.", reason)
+                self._quiet_until = time.monotonic() + 60
+            raise StoreUnavailable(f"Redis refused this request ({reason}). Try again later.") from None
+        except Exception:
+            if self.closed.is_set():  # closed under a running call, whose connection went with it
+                raise StoreUnavailable("The store is closed.") from None
+            raise
 
     def close(self):
         """Stop the listener and close the connections to Redis."""
-        self._closed.set()
+        self.closed.set()
         self._listener.join(timeout=LISTEN_INTERVAL + 3)
         self.redis.close()
 
@@ -259,16 +310,14 @@ class RedisStore:
         return json.loads(reply)
 
     def _run(self, script, write=False, args=()):
-        """Run a script with the keys, a fresh epoch and the run_id; translate Redis being down."""
-        keys = KEYS + [f"chat:done:{secrets.token_hex(8)}"] if write else KEYS
-        try:
-            if not self.run_id:
-                self.redis.ping()  # connects, and so learns the run_id (see _on_connect)
-            prefix = [secrets.token_hex(8), self.run_id] + ([DONE_SECONDS] if write else [])
-            return script(keys=keys, args=prefix + list(args))
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(f"Redis can't be reached, so the chat can't be read or changed "
-                                   f"right now ({error}). Try again in a moment.") from None
+        """Run a script with the keys, a fresh epoch and the run_id; for a write, a token and a deadline."""
+        if not self.run_id:
+            self.call(self.redis.ping)  # connects, and so learns the run_id (see _on_connect)
+        keys, prefix = KEYS, [secrets.token_hex(8), self.run_id]
+        if write:
+            keys = KEYS + [f"chat:done:{secrets.token_hex(8)}"]
+            prefix.append(time.time() + self.clock_offset + WRITE_DEADLINE)
+        return self.call(script, keys=keys, args=prefix + list(args))
 
     def _answer(self, reply):
         epoch, cursor, reset, more, *messages = reply
@@ -281,13 +330,17 @@ class RedisStore:
         }
 
     def _on_connect(self, connection):
-        """On each new connection to Redis: check whether Redis restarted, before any other command."""
-        connection.on_connect_check_health(check_health=True)
-        connection.send_command("INFO", "server")
-        info = connection.read_response()
-        self.run_id = next(line.split(b":")[1].strip().decode()
-                           for line in info.splitlines() if line.startswith(b"run_id:"))
-        connection.send_command("EVAL", NEW_RUN, 2, KEYS[0], KEYS[1], secrets.token_hex(8), self.run_id)
+        """On each new connection, before anything else: learn Redis's run_id and clock; has it restarted?"""
+        # No health checks in here: one that fails reconnects, which calls this again, and so on.
+        connection.on_connect_check_health(check_health=False)
+        connection.send_command("INFO", "server", check_health=False)
+        info = dict(line.split(b":", 1) for line in connection.read_response().splitlines() if b":" in line)
+        self.run_id = info[b"run_id"].strip().decode()
+        connection.send_command("TIME", check_health=False)
+        seconds, microseconds = connection.read_response()
+        self.clock_offset = int(seconds) + int(microseconds) / 1e6 - time.time()
+        connection.send_command("EVAL", NEW_RUN, 2, KEYS[0], KEYS[1], secrets.token_hex(8), self.run_id,
+                                check_health=False)
         connection.read_response()
 
     def _hear(self, epoch, cursor):
@@ -295,6 +348,12 @@ class RedisStore:
             if (epoch, cursor) != self._heard:
                 self._heard = (epoch, cursor)
                 self._changes.notify_all()
+
+    def _set_unreachable(self, reason):
+        with self._changes:
+            if reason != self.unreachable:
+                self.unreachable = reason
+                self._changes.notify_all()  # waiting long polls hear of it now
 
     def _hear_state(self):
         """Hear the epoch and cursor that Redis holds now (the listener's own errors are Redis's)."""
@@ -304,25 +363,28 @@ class RedisStore:
     def _listen(self):
         """Hear every change any process publishes, and wake `wait`; forever, through Redis going away."""
         down_since = None
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             try:
                 with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe(CHANNEL)
                     # What was published while we were away is lost: read the cursor instead.
                     self._hear_state()
+                    self._set_unreachable(None)
                     if down_since is not None:
                         log.warning("Redis is back after %.1f s.", time.monotonic() - down_since)
                         down_since = None
                     self._listen_on(pubsub)
             except redis.RedisError as error:
+                if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+                    self._set_unreachable(cant_reach(error))  # requests are told at once from now on
                 if down_since is None:
-                    log.warning("Can't reach Redis (%s); trying again every second.", error)
+                    log.warning("Listening to Redis failed (%s); trying again every second.", error)
                     down_since = time.monotonic()
-                self._closed.wait(1)
+                self.closed.wait(1)
 
     def _listen_on(self, pubsub):
         last_heard = time.monotonic()
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             message = pubsub.get_message(timeout=LISTEN_INTERVAL)
             if message:
                 epoch, cursor = message["data"].decode().split()
@@ -333,31 +395,7 @@ class RedisStore:
                 last_heard = time.monotonic()
 
 
-class RedisBucketPerAddress:
-    """Flood control for HTTP kept in Redis, so that spreading requests over processes gains nothing."""
-
-    SCRIPT = """
-    local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-    local now = redis.call("TIME")
-    now = tonumber(now[1]) + tonumber(now[2]) / 1e6
-    local bucket = redis.call("HMGET", KEYS[1], "tokens", "updated")
-    local tokens = math.min(burst, tonumber(bucket[1] or burst) + (now - tonumber(bucket[2] or now)) * rate)
-    local wait = 0
-    if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-    redis.call("HSET", KEYS[1], "tokens", tokens, "updated", now)
-    redis.call("EXPIRE", KEYS[1], math.ceil(burst / rate) + 1)
-    return tostring(wait)
-    """
-
-    def __init__(self, client, rate):
-        self.rate = rate
-        self.script = client.register_script(self.SCRIPT)
-
-    def take(self, address):
-        """Take a token for `address` and return 0, or return how many seconds until there is one."""
-        if not self.rate:
-            return 0
-        try:
-            return float(self.script(keys=[f"chat:rate:{address}"], args=[self.rate, 3 * self.rate]))
-        except (redis.ConnectionError, redis.TimeoutError):
-            return 0  # the change itself will get a 503 that says why
+def cant_reach(error):
+    """The reason a request that needs Redis gets, when Redis can't be reached."""
+    return (f"Redis can't be reached, so the chat can't be read or changed right now ({error}). "
+            "Try again in a moment.")

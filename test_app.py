@@ -35,7 +35,7 @@ def test_chat_pages_share_the_chat_and_add_only_their_transport(client, path, sc
     html = client.get(path).get_data(as_text=True)
     assert script in html
     assert '<label>Name <input name="user"' in html
-    assert '<label>Message <input name="text"' in html
+    assert '<label>Message <textarea name="text"' in html  # a textarea: text may hold lines
     assert 'role="status"' in html
     assert '{"text": 1000, "user": 50}' in html
 

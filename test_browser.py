@@ -13,13 +13,16 @@ missing browser is an error: a green CI must mean the browser tests ran.
 
 import json
 import re
+import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, free_port
+from app import create_app
+from conftest import (BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, LiveServer, close_app,
+                      free_port, start_redis_server, wait_until)
 
 try:
     from playwright.sync_api import Error as PlaywrightError
@@ -67,10 +70,15 @@ class PageOpener:
         self.contexts = []
         self.problems = []
 
-    def __call__(self, url, network_errors_expected=False, **context_options):
-        """Open `url` as a new person; `context_options` set their time zone, locale, ..."""
+    def __call__(self, url, network_errors_expected=False, init_script=None, **context_options):
+        """Open `url` as a new person; `context_options` set their time zone, locale, ...
+
+        `init_script` runs in the page before the page's own scripts.
+        """
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
+        if init_script:
+            context.add_init_script(init_script)
         page = context.new_page()
         page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
         page.on("console", lambda message: self._console(page, message, network_errors_expected))
@@ -97,7 +105,7 @@ def open_page(request, browser):
     """Open pages as separate people; at the end, fail if any page had a JavaScript error."""
     # Start the test's server first, so that it stops only after the pages are
     # closed: a server that goes away under open pages makes them log errors.
-    for server in ("server", "flask_run", "second_flask_run"):
+    for server in ("server", "flask_run", "second_flask_run", "server_on_own_redis"):
         if server in request.fixturenames:
             request.getfixturevalue(server)
     opener = PageOpener(browser)
@@ -179,6 +187,14 @@ def wait_for_held_request(page, held, complaint):
 def other_page(path):
     """The chat page that `path` is not."""
     return "/websocket" if path == "/polling" else "/polling"
+
+
+def server_refusal(base_url, user, text):
+    """The server's own words for why it refuses to store this message."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        post_message(base_url, user, text)
+    assert refused.value.code == 400
+    return json.load(refused.value)["error"]
 
 
 # Two people, two transports
@@ -682,7 +698,7 @@ def test_plain_polling_asks_every_interval_without_waiting(server, open_page):
     page.wait_for_timeout(2500)
     assert len(asked) >= 2
     assert all("wait=0" in url for url in asked), asked
-    expect(page.get_by_text("every 1 s")).to_be_visible()
+    expect(page.get_by_role("heading", name="Plain polling (every 1 s)")).to_be_visible()
 
 
 def test_a_vote_that_fails_while_a_message_is_on_its_way_is_reported_as_the_votes_error(
@@ -706,3 +722,304 @@ def test_a_vote_that_fails_while_a_message_is_on_its_way_is_reported_as_the_vote
     expect(message(page, "On its way")).to_be_visible()
     expect(page.get_by_label("Message", exact=True)).to_have_value("")  # the send worked
     expect(page.get_by_role("alert")).to_contain_text("There is no message with id 1")
+
+
+# Text that tries to get out of its box
+
+
+# Runs of 30 combining marks (the most the server takes in a row), half of
+# them stacking up from their letter and half down: "Zalgo text".
+STACKED_ACCENTS = "\u0301" * 15 + "\u0316" * 15
+
+# The left edge of each character of an element's text, in the order the characters are stored.
+CHARACTER_LEFT_EDGES = """element => {
+  const text = element.firstChild;
+  const range = document.createRange();
+  const edges = [];
+  for (let i = 0; i < text.length; i++) {
+    range.setStart(text, i);
+    range.setEnd(text, i + 1);
+    edges.push(range.getBoundingClientRect().left);
+  }
+  return edges;
+}"""
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_a_name_ending_in_a_direction_override_does_not_reverse_the_time_after_it(
+        server, open_chat, path):
+    post_message(server.url, "Azin\u202e", "Which way?")  # U+202E: RIGHT-TO-LEFT OVERRIDE
+
+    page = open_chat(server.url + path, locale="en-US")
+
+    time = message(page, "Which way?").locator("time")
+    expect(time).to_have_text(re.compile(r"^\d+:\d\d:\d\d\W+[AP]M$"))
+    edges = time.evaluate(CHARACTER_LEFT_EDGES)
+    assert edges == sorted(set(edges)), "the time's characters are not shown left to right"
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_stacked_accents_in_a_name_or_a_text_cover_nothing_outside_it(server, open_chat, path):
+    name, text = "Zed" + STACKED_ACCENTS, ("a" + STACKED_ACCENTS) * 20
+    post_message(server.url, "Azin", "Above")
+    post_message(server.url, name, text)
+    post_message(server.url, "Ben", "Below")
+    page = open_chat(server.url + path, locale="en-US")
+    expect(messages(page)).to_have_count(3)
+    stacked = messages(page).nth(1)
+    own_boxes = [stacked.get_by_text(name, exact=True), stacked.get_by_text(text, exact=True)]
+    conversation = page.get_by_role("list", name="Conversation")
+
+    def picture(with_accents):
+        """The conversation, with the name's and the text's own boxes painted over."""
+        for box in own_boxes:
+            box.evaluate("(box, shown) => { box.style.visibility = shown ? '' : 'hidden'; }", with_accents)
+        return conversation.screenshot(mask=own_boxes, animations="disabled")
+
+    # Painting the name and the text changes nothing outside their boxes:
+    # neither the messages above and below, nor the time and buttons of their own.
+    assert picture(with_accents=True) == picture(with_accents=False)
+    # Where nothing clips them, they do draw outside: so the check above proves something.
+    page.add_style_tag(content="li * { overflow: visible !important; }")
+    assert picture(with_accents=True) != picture(with_accents=False)
+
+
+# Line breaks
+
+
+@pytest.mark.parametrize("sender_path", CHAT_PAGES)
+def test_lines_and_tabs_sent_on_one_page_show_as_lines_and_tabs_on_the_other(
+        server, open_chat, sender_path):
+    sender = open_chat(server.url + sender_path)
+    reader = open_chat(server.url + other_page(sender_path))
+
+    send(sender, "Azin", "def greet():\n\treturn 'Hello!'")
+
+    for page in (sender, reader):
+        # innerText is the text as shown: line breaks and tabs that aren't shown become spaces.
+        expect(message(page, "def greet")).to_have_text(
+            re.compile(r"\ndef greet\(\):\n\treturn 'Hello!'\n"), use_inner_text=True)
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_shift_enter_in_the_message_field_adds_a_line_and_enter_sends(server, open_chat, path):
+    page = open_chat(server.url + path)
+    page.get_by_label("Name").fill("Azin")
+    field = page.get_by_label("Message", exact=True)
+    field.fill("First line")
+
+    field.press("Shift+Enter")
+    field.press_sequentially("Second line")
+    expect(field).to_have_value("First line\nSecond line")
+    field.press("Enter")
+
+    # One message, with both lines: Shift+Enter sent nothing.
+    expect(messages(page)).to_have_text([re.compile("First line\nSecond line")], use_inner_text=True)
+    expect(field).to_have_value("")
+
+
+# The pages say what happened
+
+
+@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
+        flask_run, open_chat, path):
+    # On Redis the restarted server has the same chat: no reset clears the page.
+    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    status, alert = page.get_by_role("status"), page.get_by_role("alert")
+    flask_run.stop()
+    expect(status).to_have_text("reconnecting")
+    send(page, "Azin", "Is anyone there?")
+    expect(alert).to_be_visible()
+
+    flask_run.start()
+
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_be_hidden()
+    expect(page.get_by_label("Message", exact=True)).to_have_value("Is anyone there?")
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server for this test alone, to stop and start; it keeps its data on disk (--appendonly yes)."""
+    redis = start_redis_server(tmp_path, persistent=True)
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def server_on_own_redis(own_redis):
+    """A live server keeping its chat in `own_redis`."""
+    app = create_app({"TESTING": True, "REDIS_URL": own_redis.url})
+    live = LiveServer(app)
+    yield live
+    live.stop()
+    close_app(app)
+
+
+def post_once_redis_answers(base_url, user, text):
+    """Send a message over HTTP, asking again while the server answers 503 (it hasn't reached Redis yet)."""
+    def posted():
+        try:
+            post_message(base_url, user, text)
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            return False
+        return True
+
+    wait_until(posted)
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
+        server_on_own_redis, own_redis, open_page, path):
+    own_redis.stop()
+
+    page = open_page(server_on_own_redis.url + path, network_errors_expected=True)  # 503s
+
+    status, alert = page.get_by_role("status"), page.get_by_role("alert")
+    expect(status).to_have_text("reconnecting")
+    expect(alert).to_contain_text("can't be reached")
+    own_redis.start()
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_be_hidden()
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_once_redis_is_back_no_error_from_while_it_was_down_stays(
+        server_on_own_redis, own_redis, open_chat, path):
+    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True)
+    alert = page.get_by_role("alert")
+    own_redis.stop()
+    send(page, "Azin", "While Redis is down")
+    expect(alert).to_contain_text("can't be reached")
+
+    own_redis.start()
+
+    expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_be_hidden(timeout=RECONNECT_TIMEOUT)
+    expect(page.get_by_label("Message", exact=True)).to_have_value("While Redis is down")
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
+        server_on_own_redis, own_redis, open_chat, path):
+    server = server_on_own_redis
+    post_message(server.url, "Azin", "Kept by Redis")
+    page = open_chat(server.url + path, network_errors_expected=True)
+    expect(message(page, "Kept by Redis")).to_be_visible()
+    epoch = server.get("/messages")["epoch"]
+
+    # Redis restarts and reads its data back from disk: a new epoch (Redis may
+    # have lost changes), but here the same messages.
+    own_redis.stop()
+    own_redis.start()
+    post_once_redis_answers(server.url, "Ben", "After Redis restarted")
+    assert server.get("/messages")["epoch"] != epoch
+
+    # The page held the old epoch, so what brought the new message was a reset.
+    expect(messages(page)).to_have_text(
+        [re.compile("Kept by Redis"), re.compile("After Redis restarted")], timeout=RECONNECT_TIMEOUT)
+    expect(page.get_by_text("The server restarted")).to_be_hidden()
+
+
+@pytest.mark.config(RATE_LIMIT=1)
+def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open_chat):
+    post_message(server.url, "Azin", "Vote on me")
+    page = open_chat(server.url + "/websocket")
+    page.get_by_label("Name").fill("Ben")
+    field = page.get_by_label("Message", exact=True)
+    field.fill("Sent in a flood")
+    like = vote_button(message(page, "Vote on me"), "Like 0").element_handle()
+    send_button = page.get_by_role("button", name="Send").element_handle()
+
+    # Like 30 times, then Send, all at once: a runaway script rather than a person.
+    page.evaluate("([like, send]) => { for (let n = 0; n < 30; n++) like.click(); send.click(); }",
+                  [like, send_button])
+
+    alert = page.get_by_role("alert")
+    expect(alert).to_have_text("Too many frames: slow down.")
+    expect(field).to_have_value("Sent in a flood")
+    # The page connects again, and still says why it was hung up on.
+    expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_have_text("Too many frames: slow down.")
+
+
+@pytest.mark.config(RATE_LIMIT=1)
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_votes_beyond_the_rate_limit_are_refused_in_the_servers_words_on_both_pages(
+        server, store, open_chat, path):
+    store.add("Azin", "Vote on me")  # straight into the store: no request to count against the limit
+    page = open_chat(server.url + path, network_errors_expected=True)  # 429s
+    like = vote_button(message(page, "Vote on me"), "Like 0").element_handle()
+
+    # Five likes at once: three fit in the burst, two are refused.
+    page.evaluate("like => { for (let n = 0; n < 5; n++) like.click(); }", like)
+
+    # Whole seconds, as the server says it over HTTP and over the WebSocket alike.
+    expect(page.get_by_role("alert")).to_have_text(
+        re.compile(r"^Too many changes: at most 1 a second\. Try again in \d+ s\."))
+    expect(vote_button(message(page, "Vote on me"), "Like 3")).to_be_visible()
+
+
+# Keeps the page's WebSockets in `window.pageSockets`, for a test to use as the page's own.
+RECORD_PAGE_SOCKETS = """
+window.pageSockets = [];
+window.WebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    window.pageSockets.push(this);
+  }
+};
+"""
+
+
+def test_a_socket_closed_for_too_big_a_frame_shows_the_servers_reason(server, open_page):
+    page = open_page(server.url + "/websocket", init_script=RECORD_PAGE_SOCKETS)
+    expect(page.get_by_role("status")).to_have_text("connected")
+
+    reason = page.evaluate("""() => new Promise((resolve) => {
+      const socket = window.pageSockets.at(-1);
+      socket.addEventListener("close", (event) => resolve(event.reason));
+      socket.send("x".repeat(70000));  // over the server's limit of 64 KiB
+    })""")
+
+    assert reason, "the server gave no reason"
+    expect(page.get_by_role("alert")).to_have_text(reason)
+
+
+@pytest.mark.parametrize("user, text", [("Azin", "a" * 1001), ("A" * 51, "Hello"), ("Azin", "   ")],
+                         ids=["text too long", "name too long", "blank text"])
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_the_page_words_its_own_checks_as_the_server_does(server, open_chat, path, user, text):
+    page = open_chat(server.url + path)
+
+    send(page, user, text)
+
+    expect(page.get_by_role("alert")).to_have_text(server_refusal(server.url, user, text))
+    assert server.get("/messages")["messages"] == []
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_an_error_that_appears_does_not_hide_the_newest_message(server, open_chat, path):
+    post_lines(server.url, 30)
+    page = open_chat(server.url + path)
+    newest = message(page, "Line 30")
+    expect(newest).to_be_in_viewport(ratio=0.99)  # all but a fraction of a pixel
+
+    send(page, "Azin", "a" * 1001)  # the page refuses it: an error appears under the list
+
+    expect(page.get_by_role("alert")).to_be_visible()
+    expect(newest).to_be_in_viewport(ratio=0.99)  # all but a fraction of a pixel
+
+
+def test_plain_polling_and_long_polling_pages_are_titled_apart(server, open_chat):
+    long_polling = open_chat(server.url + "/polling")
+    plain_polling = open_chat(server.url + "/polling?interval=2")
+
+    expect(long_polling.get_by_role("heading", level=1)).to_have_text("Long polling")
+    expect(long_polling).to_have_title(re.compile("^Long polling"))
+    expect(plain_polling.get_by_role("heading", level=1)).to_have_text("Plain polling (every 2 s)")
+    expect(plain_polling).to_have_title(re.compile(r"^Plain polling \(every 2 s\)"))

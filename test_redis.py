@@ -8,6 +8,7 @@ itself going away, restarting or being flushed.
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +19,13 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
+import redis
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (FlaskRun, Gunicorn, free_port, receive_json, receive_until, start_redis_server,
                       wait_until)
+from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
@@ -182,6 +186,61 @@ def test_flood_control_over_http_is_shared_by_the_processes(two_processes):
                 for n in range(60)]
     assert statuses.count(201) < 45  # each process alone would have taken 30
     assert 429 in statuses
+
+
+def test_one_address_gets_the_rate_and_burst_in_all_over_posts_and_sockets_to_every_process(
+        two_processes, open_socket):
+    a, b = two_processes  # RATE_LIMIT 10: 10 changes a second, in bursts of up to 30
+    sockets = [open_socket(f"ws://127.0.0.1:{server.port}/ws") for server in (a, b)]
+    for ws in sockets:
+        receive_json(ws)
+
+    started = time.monotonic()
+    statuses = []
+    for n in range(20):  # 80 changes, spread over both processes and both ways of sending
+        for server in (a, b):
+            statuses.append(post(server.url, "/messages", {"user": "loop", "text": f"post {n}"})[0])
+        for ws in sockets:
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "loop", "text": f"frame {n}"}}))
+    refused_frames = 0
+    for ws in sockets:  # frames are carried out in order: once the last is answered, all are
+        ws.send(json.dumps({"command": "like", "id": 0, "ref": "last"}))
+        frames = receive_until(ws, lambda frames: frames and frames[-1].get("ref") == "last")
+        refused_frames += sum("Too many" in frame.get("error", "") for frame in frames if "ref" not in frame)
+    elapsed = time.monotonic() - started
+
+    stored = len(get(a.url, "/messages")["messages"])
+    assert stored <= 30 + 10 * elapsed + 1, f"{stored} changes in {elapsed:.1f} s"
+    assert statuses.count(201) + 40 - refused_frames == stored
+    assert 429 in statuses and refused_frames > 0
+
+
+@pytest.mark.config(MAX_SOCKETS_PER_ADDRESS=3)
+def test_an_address_holds_at_most_its_share_of_websockets_and_long_polls_over_every_process(
+        two_processes, shared_redis, open_socket):
+    a, b = two_processes
+    for server in (a, b, a):
+        receive_json(open_socket(f"ws://127.0.0.1:{server.port}/ws"))
+    for server in (a, b):
+        with pytest.raises(InvalidStatus) as refused:
+            open_socket(f"ws://127.0.0.1:{server.port}/ws")
+        assert refused.value.response.status_code == 429
+
+    cursor = get(a.url, "/messages")["cursor"]
+    answers = []
+    waiting = [threading.Thread(target=lambda server=server: answers.append(
+        answer_of(f"{server.url}/messages?since={cursor}&wait=20", timeout=30))) for server in (a, b, b)]
+    for thread in waiting:
+        thread.start()
+    client = shared_redis.client()
+    wait_until(lambda: sum(int(places) for key in client.keys("chat:places:long-polls:*")
+                           for places in client.hvals(key)) == 3)
+    for server in (a, b):
+        assert answer_of(f"{server.url}/messages?since={cursor}&wait=20")[0] == 429
+    assert post(b.url, "/messages", {"user": "Azin", "text": "wake up"})[0] == 201
+    for thread in waiting:
+        thread.join()
+    assert [status for status, _ in answers] == [200] * 3
 
 
 def worker_holding(client_port, server_port, master_pid):
@@ -355,6 +414,131 @@ def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_retur
         redis_server.stop()
 
 
+def answer_of(request, timeout=10):
+    """Send a urllib request and return (status, decoded JSON); a server that takes longer fails the test."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_everything_recovers(
+        tmp_path, open_socket):
+    redis_server = start_redis_server(tmp_path)
+    processes = Processes(redis_server.url, tmp_path)
+    a, b = processes.start()
+    try:
+        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
+        before = get(a.url, "/messages")
+        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
+        receive_json(ws)
+        threads_before = threads_of(a.process.pid)
+
+        # Stopped, not dead: Redis still accepts connections, and never answers.
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # Each request gets its 503 within the client's 10 s, however long the stall.
+            for _ in range(3):
+                status, answer = post(a.url, "/messages", {"user": "Azin", "text": "while stalled"})
+                assert status == 503 and "Redis" in answer["error"]
+                assert post(a.url, "/messages/1/like")[0] == 503
+                assert answer_of(f"{a.url}/messages")[0] == 503
+                assert answer_of(f"{a.url}/messages?since={before['cursor']}&wait=5")[0] == 503
+            for page in ("/", "/polling", "/websocket"):
+                with urllib.request.urlopen(a.url + page, timeout=5) as response:
+                    assert response.status == 200  # pages don't need Redis
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
+                                "ref": "stalled"}))
+            error = receive_json(ws, timeout=10)
+            assert error["command"] == "error" and error["ref"] == "stalled" and "Redis" in error["error"]
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201, timeout=15)
+        # What got a 503 was never carried out, not even once Redis read it after the stall.
+        assert texts([get(b.url, "/messages")]) == ["before", "after"]
+        # The broadcaster and the socket open through it all carry on...
+        assert "after" in texts(receive_until(ws, lambda frames: "after" in texts(frames)))
+        # ...and the listeners too: a long poll on one process wakes when the other stores a message.
+        cursor = get(b.url, "/messages")["cursor"]
+        woken = {}
+        long_poll = threading.Thread(target=lambda: woken.update(
+            answer=answer_of(f"{b.url}/messages?since={cursor}&wait=30", timeout=20)))
+        long_poll.start()
+        time.sleep(0.3)  # let the long poll settle into waiting
+        assert post(a.url, "/messages", {"user": "Azin", "text": "woken"})[0] == 201
+        long_poll.join()
+        assert texts([woken["answer"][1]]) == ["woken"]
+        assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
+    finally:
+        processes.stop()
+        redis_server.stop()
+
+
+def fill_until_out_of_memory(client):
+    """Give Redis a little more memory than it uses, evicting nothing, and fill it until it refuses."""
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 1_000_000)
+    # A script that has started writing goes on past maxmemory: the fill ends well beyond it.
+    fill = client.register_script(
+        "for n = 1, 20 do redis.call('SET', 'filler:' .. ARGV[1] .. ':' .. n, string.rep('x', 100000)) end")
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        for n in range(100):
+            fill(args=[n])
+
+
+# What makes Redis refuse, how to undo it, and what the refusal says.
+REFUSALS = {
+    "out of memory": (fill_until_out_of_memory, lambda client: client.config_set("maxmemory", 0), "maxmemory"),
+    "a read-only replica": (lambda client: client.replicaof("127.0.0.1", free_port()),
+                            lambda client: client.replicaof("NO", "ONE"), "read only replica"),
+    "a script error": (lambda client: client.set("chat:last_id", "one"),
+                       lambda client: client.set("chat:last_id", 1), "not an integer"),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_500_or_a_dropped_socket(
+        tmp_path, open_socket, refusal):
+    refuse, undo, reason = REFUSALS[refusal]
+    redis_server = start_redis_server(tmp_path)
+    client = redis_server.client()
+    processes = Processes(redis_server.url, tmp_path, count=1)  # RATE_LIMIT 10: flood control runs too
+    [a] = processes.start()
+    try:
+        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
+        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+        assert texts([receive_json(ws)]) == ["before"]
+
+        refuse(client)
+        for n in range(3):  # every time, not only the first
+            status, answer = post(a.url, "/messages", {"user": "Azin", "text": "refused"})
+            assert status == 503 and reason in answer["error"]
+            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
+                                "ref": f"m-{n}"}))
+            error = receive_json(ws, timeout=10)
+            assert (error["command"], error["ref"]) == ("error", f"m-{n}") and reason in error["error"]
+        status, answer = answer_of(a.url + "/messages")
+        if refusal == "out of memory":  # reads need no memory
+            assert status == 200 and texts([answer]) == ["before"]
+        else:
+            assert status in (200, 503)
+
+        undo(client)
+        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201)
+        # The socket stayed open through it all, and still carries out what it sends.
+        ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
+        frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
+        assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
+        assert texts([get(a.url, "/messages")]) == ["before", "after", "by socket"]
+        processes.stop()
+        assert "Traceback" not in (tmp_path / "flask-0.log").read_text()
+    finally:
+        processes.stop()
+        redis_server.stop()
+
+
 def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(tmp_path):
     redis_server = start_redis_server(tmp_path)
     redis_server.stop()  # not there yet: the app starts first
@@ -448,3 +632,117 @@ def test_max_messages_bounds_what_redis_keeps(shared_redis):
         assert [m["id"] for m in store.since(0)["messages"]] == [8, 9, 10, 11, 12]
     finally:
         store.close()
+
+
+def test_a_change_leaves_redis_no_copy_of_its_message_and_its_token_only_for_seconds(shared_redis):
+    store = RedisStore(shared_redis.url)
+    client = shared_redis.client()
+    try:
+        store.add("Azin", "like me " + "x" * 900)
+        for _ in range(200):
+            store.like(1)
+
+        # A write's token remembers which message it changed, not the message...
+        tokens = client.keys("chat:done:*")
+        assert tokens, "each write leaves a token, for a retry of it"
+        assert {client.get(token) for token in tokens} == {b"1"}
+        # ...and only until no retry of it can come. Then Redis holds the chat itself, nothing more:
+        # chat:epoch, run_id, cursor, last_id, oldest_id, messages and changes.
+        wait_until(lambda: client.dbsize() == 7, timeout=15)
+    finally:
+        store.close()
+
+
+def test_a_before_past_the_newest_id_is_the_newest_page_and_an_empty_page_says_no_more(shared_redis):
+    store = RedisStore(shared_redis.url, page_size=3)
+    try:
+        assert store.before(10, 3) == {**store.since(0), "more": False}  # nothing stored yet
+        for n in range(5):
+            store.add("Azin", f"m{n}")
+
+        past = store.before(1000, 3)
+        assert [m["text"] for m in past["messages"]] == ["m2", "m3", "m4"] and past["more"] is True
+        assert past["messages"] == store.since(0)["messages"]
+        assert [m["text"] for m in store.before(1000, 2)["messages"]] == ["m3", "m4"]
+        assert store.before(1, 3)["messages"] == [] and store.before(1, 3)["more"] is False
+    finally:
+        store.close()
+
+
+# Limits per client address, over every process
+
+
+@pytest.fixture
+def redis_store_on():
+    """A function that makes a RedisStore on a Redis URL, as one process has; all are closed after the test."""
+    made = []
+
+    def make(url):
+        made.append(RedisStore(url))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_places_per_address_are_counted_over_every_process(shared_redis, redis_store_on):
+    # Two processes' places, as two gunicorn workers would hold them, each with room for 100.
+    first, second = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 3) for _ in range(2))
+
+    assert [first.take("10.0.0.1"), first.take("10.0.0.1"), second.take("10.0.0.1")] == [None] * 3
+    assert second.take("10.0.0.1") == "address" and first.take("10.0.0.1") == "address"
+    assert second.take("10.0.0.2") is None  # another address has places of its own
+    assert RedisPlaces(first.store, "long-polls", 100, 3).take("10.0.0.1") is None  # and so has another kind
+
+    first.give_back("10.0.0.1")
+    assert second.take("10.0.0.1") is None
+    assert first.take("10.0.0.1") == "address"
+    assert first.count == 1 and second.count == 3  # a refusal took nothing, here or in Redis
+
+
+def test_the_places_of_a_process_that_died_are_freed_when_its_lease_runs_out(shared_redis, redis_store_on):
+    dying, living = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 2) for _ in range(2))
+    dying.LEASE = living.LEASE = 1
+    assert dying.take("10.0.0.1") is None and dying.take("10.0.0.1") is None
+    assert living.take("10.0.0.1") == "address"
+
+    dying.store.close()  # it stops renewing, and never gives its places back
+
+    wait_until(lambda: living.take("10.0.0.1") is None, timeout=10)
+    assert living.take("10.0.0.1") is None
+    assert living.take("10.0.0.1") == "address"  # the limit holds for the living
+
+
+def test_a_live_process_keeps_its_places_past_its_lease_and_writes_them_again_after_a_flush(
+        shared_redis, redis_store_on):
+    holder, other = (RedisPlaces(redis_store_on(shared_redis.url), "websockets", 100, 2) for _ in range(2))
+    holder.LEASE = other.LEASE = 2
+    client = shared_redis.client()
+    assert holder.take("10.0.0.1") is None and holder.take("10.0.0.1") is None
+    first_lease = client.zscore("chat:places:websockets", holder.process)
+
+    # Once the first lease would have run out, the holder has renewed it.
+    wait_until(lambda: (client.zscore("chat:places:websockets", holder.process) or 0) > first_lease + holder.LEASE)
+    assert other.take("10.0.0.1") == "address"
+
+    client.flushall()  # or Redis restarted without its data: the holder writes what it holds again
+    wait_until(lambda: client.hget(f"chat:places:websockets:{holder.process}", "10.0.0.1") == b"2")
+    assert other.take("10.0.0.1") == "address"
+
+
+def test_when_redis_cant_count_each_process_still_limits_every_address_on_its_own(tmp_path, redis_store_on):
+    redis_server = start_redis_server(tmp_path)
+    store = redis_store_on(redis_server.url)
+    places = RedisPlaces(store, "websockets", 100, 2)
+    changes = RedisBucketPerAddress(store, 10)
+    assert places.take("10.0.0.1") is None and changes.take("10.0.0.1") == 0
+    redis_server.stop()
+
+    # Neither everything let through, nor everything refused.
+    assert places.take("10.0.0.1") is None
+    assert places.take("10.0.0.1") == "address"
+    waits = [changes.take("10.0.0.1") for _ in range(40)]
+    assert waits[0] == 0 and waits[-1] > 0
+    places.give_back("10.0.0.1")
+    assert places.take("10.0.0.1") is None

@@ -236,7 +236,7 @@ def test_websockets_work_over_tls_when_flask_run_serves_https(tmp_path):
          "--cert", tmp_path / "cert.pem", "--key", tmp_path / "key.pem"],
         cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: answers(f"https://127.0.0.1:{port}/", trust), timeout=15)
+        wait_until(lambda: answers(f"https://127.0.0.1:{port}/", trust), timeout=60)
         with connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as ws, \
                 connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as other:
             receive_json(ws), receive_json(other)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(PROJECT))
 from conftest import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
 
 OUTPUT = PROJECT / "docs" / "screenshot.png"
-WIDTH, HEIGHT, GAP = 600, 760, 16
+WIDTH, HEIGHT, GAP = 600, 820, 16
 
 CONVERSATION = [
     ("Azin", "Hi all! Has anyone tried the WebSocket page yet?"),
@@ -29,7 +29,8 @@ CONVERSATION = [
     ("Ben", "Open the Network tab: polling keeps one request waiting for news, "
             "the WebSocket page keeps one connection open for everything."),
     ("Chidi", "And if you stop the server, both say reconnecting and catch up afterwards."),
-    ("Azin", "Nice, I'll show that in class today :)"),
+    ("Azin", "Nice, I'll show that in class today. The page's part is just:\n"
+             "socket.onmessage = (event) => {\n    chat.apply(JSON.parse(event.data));\n};"),
 ]
 LIKES = {2: 2, 4: 3, 5: 1}  # message number -> how many likes
 DISLIKES = {3: 1}

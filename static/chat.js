@@ -8,142 +8,130 @@ const limits = JSON.parse(document.getElementById("limits").textContent);
 /**
  * Wire up the page. `transport.send(message)`, `transport.vote(id, kind)` and
  * `transport.older(beforeId, epoch)` return promises that reject with an Error
- * whose message a person can read; `older` resolves to a page of messages.
+ * a person can read (with `aboutConnection` if it passes once connected again);
+ * `older` resolves to a page of messages.
  */
 export function startChat(transport) {
-  const list = document.getElementById("messages");
-  const status = document.getElementById("status");
-  const errorBox = document.getElementById("error");
-  const form = document.getElementById("send-form");
-  const olderButton = document.getElementById("load-older");
-  const empty = document.getElementById("empty");
-  const notice = document.getElementById("notice");
+  const [list, status, errorBox, form, olderButton, empty, notice] = ["messages", "status", "error",
+    "send-form", "load-older", "empty", "notice"].map((id) => document.getElementById(id));
   const known = new Map(); // message id -> the latest state heard of, shown or not
   const shown = new Map(); // message id -> its <li>
   let cursor = 0;
   let epoch = null;
   let oldestLoaded = 0; // messages with a lower id exist but aren't loaded yet (0: none)
+  let errorAboutConnection = false;
 
   form.user.value = localStorage.getItem("chat-name") || "";
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const message = { user: form.user.value.trim(), text: form.text.value.trim() };
-    showError(""); // a new try: the last error is old news
-    try {
-      checkLength("Name", message.user, limits.user);
-      checkLength("Message", message.text, limits.text);
-      await transport.send(message);
-    } catch (error) {
-      showError(error.message); // what the person typed stays in the form
-      return;
+  // Enter sends, Shift+Enter adds a line; Enter in an input method (Chinese, say) is its own.
+  form.text.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
     }
-    localStorage.setItem("chat-name", message.user);
-    // Sending takes a moment: don't wipe out a next message typed meanwhile.
-    if (form.text.value.trim() === message.text) form.text.value = "";
   });
 
-  list.addEventListener("click", async (event) => {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    showError(""); // a new try: the last error is old news
+    attempt(async () => {
+      const message = { user: form.user.value.trim(), text: form.text.value.trim() };
+      checkLength("Name (user)", message.user, limits.user);
+      checkLength("Message (text)", message.text, limits.text);
+      await transport.send(message); // if it fails, what the person typed stays in the form
+      localStorage.setItem("chat-name", message.user);
+      // Sending takes a moment: don't wipe out a next message typed meanwhile.
+      if (form.text.value.trim() === message.text) form.text.value = "";
+    });
+  });
+
+  list.addEventListener("click", (event) => {
     const button = event.target.closest("button[data-vote]");
     if (!button) return;
-    try {
-      await transport.vote(Number(button.closest("li").dataset.id), button.dataset.vote);
-    } catch (error) {
-      showError(error.message);
-    }
+    attempt(() => transport.vote(Number(button.closest("li").dataset.id), button.dataset.vote));
   });
 
-  olderButton.addEventListener("click", async () => {
-    olderButton.disabled = true;
-    try {
-      const page = await transport.older(oldestLoaded, epoch);
-      if (page.reset) {
-        chat.apply(page); // the server started afresh meanwhile
-        return;
-      }
-      // Keep what the reader is looking at in place while the list grows above it.
-      const heightBefore = list.scrollHeight;
-      list.prepend(...page.messages.map((message) => {
-        const item = renderMessage(remember(message));
-        shown.set(message.id, item);
-        return item;
-      }));
-      list.scrollTop += list.scrollHeight - heightBefore;
-      empty.hidden = shown.size > 0;
-      oldestLoaded = page.more ? page.messages[0].id : 0;
-      olderButton.hidden = !oldestLoaded;
-    } catch (error) {
-      showError(error.message);
-    } finally {
-      olderButton.disabled = false;
-    }
-  });
+  olderButton.addEventListener("click", () => attempt(async () => {
+    const page = await transport.older(oldestLoaded, epoch);
+    if (page.reset) return chat.apply(page); // the server started afresh meanwhile
+    // Keep what the reader is looking at in place while the list grows above it.
+    const heightBefore = list.scrollHeight;
+    oldestLoaded = page.more ? page.messages[0].id : 0;
+    for (const message of page.messages) show(message);
+    list.scrollTop += list.scrollHeight - heightBefore;
+    olderButton.hidden = !oldestLoaded;
+  }));
 
-  // Keep the newest state of a message. Its counts only ever grow, so of two
-  // answers that disagree (one may have been on its way longer), the larger
-  // count is the newer one.
+  // Do what a person asked for; if it fails, say why.
+  function attempt(action) {
+    return action().catch((error) => showError(error.message, error.aboutConnection));
+  }
+
+  // Keep the newest message in view when the list gets shorter (an error appeared, say).
+  let listHeight = list.clientHeight;
+  new ResizeObserver(() => {
+    const wasAtBottom = list.scrollHeight - list.scrollTop - listHeight < 40;
+    listHeight = list.clientHeight;
+    if (wasAtBottom) list.scrollTop = list.scrollHeight;
+  }).observe(list);
+
+  // Keep the newest state of a message. Counts only ever grow: of two answers that
+  // disagree (one may have been on its way longer), the larger count is the newer.
   function remember(message) {
-    const before = known.get(message.id);
-    const latest = before ? {
-      ...message,
-      likes: Math.max(before.likes, message.likes),
-      dislikes: Math.max(before.dislikes, message.dislikes),
-    } : message;
+    const before = known.get(message.id) ?? message;
+    const latest = { ...message, likes: Math.max(before.likes, message.likes),
+                     dislikes: Math.max(before.dislikes, message.dislikes) };
     known.set(message.id, latest);
     return latest;
   }
 
+  // Show a message where its id says: before the first with a higher id, or last. (A page
+  // catching up gets messages in the order they changed, so a message may come late.)
   function show(message) {
     const latest = remember(message);
     if (latest.id < oldestLoaded) return; // not on the pages loaded; kept for when it is
     const item = renderMessage(latest);
     const old = shown.get(latest.id);
     if (old) old.replaceWith(item);
-    else placeById(item, latest.id);
+    else list.insertBefore(item, [...list.children].find((li) => Number(li.dataset.id) > latest.id));
     shown.set(latest.id, item);
   }
 
-  // New messages go last. One that arrives late (a client catching up gets
-  // messages in the order they changed) goes where its id says.
-  function placeById(item, id) {
-    const last = list.lastElementChild;
-    if (!last || Number(last.dataset.id) < id) {
-      list.append(item);
-      return;
-    }
-    const next = [...list.children].find((other) => Number(other.dataset.id) > id);
-    list.insertBefore(item, next);
-  }
-
-  function showError(text) {
+  // Errors about what the person did stay until they try again; errors about
+  // the connection (or the server, or Redis) go once the page is connected again.
+  function showError(text, aboutConnection = false) {
     errorBox.textContent = text;
     errorBox.hidden = !text;
+    errorAboutConnection = aboutConnection;
   }
 
-  // Say for a few seconds why the messages shown before have gone.
+  // A reset tells apart a store that started empty (a restarted server) from
+  // one that kept its data (a restarted Redis): the messages we showed come back.
+  function startedAgain(answer) {
+    const kept = ({ id, timestamp }) => known.get(id)?.timestamp === timestamp;
+    return shown.size > 0 && !answer.messages.some(kept);
+  }
+
   let noticeTimer;
-  function showNotice(text) {
-    notice.textContent = text;
-    notice.hidden = false;
-    clearTimeout(noticeTimer);
-    noticeTimer = setTimeout(() => { notice.hidden = true; }, 8000);
-  }
-
   const chat = {
     get cursor() { return cursor; },
     get epoch() { return epoch; },
 
     /** Show a `messages` answer: each message replaces the one with its id. */
     apply(answer) {
-      const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-      const firstLoad = answer.reset || epoch === null;
+      const wasAtBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
       if (answer.reset) {
+        // Say for a few seconds why the messages shown before have gone, if they have.
+        notice.hidden = !startedAgain(answer);
+        notice.textContent = "The server restarted, so the chat started again.";
+        clearTimeout(noticeTimer);
+        noticeTimer = setTimeout(() => { notice.hidden = true; }, 8000);
         list.replaceChildren();
         shown.clear();
         known.clear();
-        showNotice("The server restarted, so the chat started again.");
+        showError(""); // whatever went wrong, it was in the chat shown before
       }
-      if (firstLoad) {
+      if (answer.reset || epoch === null) {
         // A first load holds the newest page; older ones come with "Load older".
         oldestLoaded = answer.more ? answer.messages[0].id : 0;
         olderButton.hidden = !oldestLoaded;
@@ -152,41 +140,46 @@ export function startChat(transport) {
       empty.hidden = shown.size > 0;
       cursor = answer.cursor;
       epoch = answer.epoch;
-      if (atBottom) list.scrollTop = list.scrollHeight;
+      if (wasAtBottom) list.scrollTop = list.scrollHeight;
     },
 
-    /** Show "connected", "reconnecting" or "offline". */
-    setStatus(state) {
-      status.textContent = state;
-      status.dataset.state = state;
+    /** Show "connected", "reconnecting" or "offline", and the server's reason, if it gave one. */
+    setStatus(state, reason = "") {
+      status.textContent = status.dataset.state = state;
+      if (reason) showError(reason, true);
+      else if (state === "connected" && errorAboutConnection) showError("");
     },
-
     showError,
   };
   return chat;
 }
 
+// Check as the server does, and say it in the same words.
 function checkLength(name, value, limit) {
-  if (!value) throw new Error(`${name} must not be empty.`);
-  // Count characters as the server does. JavaScript's .length counts UTF-16
-  // units, two for an emoji such as 🙂; spreading a string counts characters.
+  // Count characters: .length counts UTF-16 units, two for an emoji such as 🙂.
   const length = [...value].length;
+  if (!length) throw new Error(`${name} must not be empty.`);
   if (length > limit) {
     throw new Error(`${name} is too long: ${length} characters, the limit is ${limit}.`);
   }
 }
 
-/** Build a message's <li>. User text goes in with textContent, so it is never run as HTML. */
+/**
+ * Build a message's <li>. User text goes in with textContent, so it is never run as HTML,
+ * into elements of its own, isolated (<bdi>, dir) and clipped (style.css), so it can't
+ * reorder or cover anything around it.
+ */
 export function renderMessage(message) {
   const item = element("li", "message");
   item.dataset.id = message.id;
-  const meta = element("p", "meta");
-  meta.append(element("strong", "user", message.user), " ");
   const time = element("time", "", new Date(message.timestamp).toLocaleTimeString());
   time.dateTime = message.timestamp;
   time.title = new Date(message.timestamp).toLocaleString();
-  meta.append(time);
-  item.append(meta, element("p", "text", message.text), voteButton("like", "Like", message.likes),
+  const meta = element("p", "meta");
+  meta.append(element("bdi", "user", message.user), " ", time);
+  const text = element("p", "text", message.text);
+  text.dir = "auto"; // Arabic or Hebrew reads right to left
+  item.append(meta, text, voteButton("like", "Like", message.likes),
               voteButton("dislike", "Dislike", message.dislikes));
   return item;
 }
@@ -200,19 +193,6 @@ function voteButton(kind, word, count) {
   return button;
 }
 
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-/** Wait `ms` milliseconds. */
-export function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** The next wait before retrying: double the last, up to 5 s, with some jitter. */
-export function backoff(lastMs) {
-  return Math.min(Math.max(lastMs * 2, 500), 5000) * (0.75 + Math.random() / 2);
+function element(tag, className, text = "") {
+  return Object.assign(document.createElement(tag), { className, textContent: text });
 }

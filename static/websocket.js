@@ -1,6 +1,11 @@
 // The WebSocket page's transport: one socket to /ws for receiving and sending.
-import { backoff, startChat } from "./chat.js";
-import { getJSON } from "./http.js";
+import { startChat } from "./chat.js";
+import { backoff, connectionError, getJSON } from "./http.js";
+
+// Close codes that say the page did something wrong: flooding (1008), too big a
+// frame (1009). Their reason stays in view after reconnecting; other closes are
+// about the connection, and their reason goes once it is back.
+const PAGE_AT_FAULT = [1008, 1009];
 
 let socket = null;
 let retryMs = 0;
@@ -24,7 +29,7 @@ const chat = startChat({
 
 function sendFrame(frame) {
   if (socket?.readyState !== WebSocket.OPEN) {
-    throw new Error("Not connected, so nothing was sent. Try again in a moment.");
+    throw connectionError("Not connected, so nothing was sent. Try again in a moment.");
   }
   socket.send(JSON.stringify(frame));
 }
@@ -71,7 +76,9 @@ function connect() {
           sending.get(frame.ref).reject(new Error(frame.error));
           sending.delete(frame.ref);
         } else {
-          chat.showError(frame.error); // a vote that failed, say
+          // A vote that failed, say. Without a ref, it is about no frame of
+          // ours: the server can't serve us (Redis is down, say).
+          chat.showError(frame.error, frame.ref === undefined);
         }
         break;
       default:
@@ -80,10 +87,14 @@ function connect() {
     }
   });
 
-  socket.addEventListener("close", () => {
-    rejectSends(new Error("The connection dropped before the server confirmed your message. " +
-                          "If it doesn't appear, send it again."));
+  socket.addEventListener("close", (event) => {
+    // A server that hangs up on purpose says why ("Too many frames: slow down.", say).
+    const reason = event.reason || "The connection dropped before the server confirmed your " +
+                   "message. If it doesn't appear, send it again.";
+    const aboutConnection = !PAGE_AT_FAULT.includes(event.code);
+    rejectSends(Object.assign(new Error(reason), { aboutConnection }));
     chat.setStatus(navigator.onLine ? "reconnecting" : "offline");
+    if (event.reason) chat.showError(event.reason, aboutConnection);
     retryMs = backoff(retryMs);
     setTimeout(connect, retryMs);
   });
