@@ -25,7 +25,8 @@ import api
 import pages
 import sockets
 from broadcaster import Broadcaster
-from limits import BucketPerAddress, Places, capacity, open_file_limit
+import serving
+from limits import BucketPerAddress, Places
 from store import Store
 
 
@@ -40,6 +41,7 @@ def create_app(test_config=None):
         PAGE_SIZE=200,
         RATE_LIMIT=10,
         MAX_SOCKETS_PER_ADDRESS=100,
+        TRUSTED_PROXIES=0,
         REDIS_URL="",
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
@@ -49,10 +51,7 @@ def create_app(test_config=None):
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)
 
-    open_files = open_file_limit()
-    websockets, long_polls = capacity(open_files)
-    app.logger.info("Room for %d WebSockets and %d waiting long polls (%d open files).",
-                    websockets, long_polls, open_files)
+    websockets, long_polls = serving.capacity(app)
     per_address = app.config["MAX_SOCKETS_PER_ADDRESS"]
 
     # The in-memory store unless REDIS_URL names a Redis to share with other processes.
@@ -84,4 +83,5 @@ def create_app(test_config=None):
     app.register_blueprint(api.bp)
     app.register_blueprint(sockets.bp)
     sockets.sock.init_app(app)
+    serving.init_app(app)
     return app

@@ -361,3 +361,67 @@ def browser():
             pytest.skip(reason)
         yield chromium
         chromium.close()
+
+
+class Gunicorn:
+    """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess.
+
+    It has LiveServer's interface (url, port, connect, get, post, stop), so
+    tests written for one read the same for the other.
+    """
+
+    connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
+
+    def __init__(self, env=None, options=(), log=None, open_files=None):
+        self.port = free_port()
+        self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.options = list(options)  # more command-line options, such as ["-w", "2"]
+        self.log = log  # a file for the server's output, or None to drop it
+        self.clients = ExitStack()
+        self.process = None
+
+    def start(self):
+        # The README's command, on a free port: `gunicorn 'app:create_app()'`.
+        command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
+                   "app:create_app()"]
+        if self.open_files:
+            command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
+        output = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=output,
+                                        stderr=subprocess.STDOUT)
+        if self.log:
+            output.close()
+        deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/", timeout=2).close()
+                return self
+            except OSError:
+                assert self.process.poll() is None, "gunicorn exited"
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("gunicorn did not answer within 60 s")
+
+    def stop(self):
+        self.clients.close()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("gunicorn did not stop within 20 s of SIGTERM")
+
+
+@pytest.fixture
+def gunicorn(request, tmp_path):
+    """The production server (`Gunicorn`) on a free port; settings from @pytest.mark.config."""
+    marker = request.node.get_closest_marker("config")
+    env = {f"FLASK_{key}": json.dumps(value) if not isinstance(value, str) else value
+           for key, value in (marker.kwargs if marker else {}).items()}
+    running = Gunicorn(env, log=tmp_path / "gunicorn.log").start()
+    yield running
+    running.stop()

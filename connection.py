@@ -11,6 +11,8 @@ fine for well-behaved clients. For the others, this module adds what it lacks:
 - Frames over the size limit, counted in bytes, close the connection with 1009.
 - Every connection ends with a close frame and nothing after it. (Left alone,
   werkzeug writes an HTTP response after the WebSocket closes: flask-sock #20.)
+- When the server stops, `close_all` closes every connection with 1001
+  ("going away"), so pages know to reconnect.
 
 It does this by standing in for the socket that simple-websocket writes to and
 reads from. The attributes of simple-websocket it relies on are listed in
@@ -49,6 +51,10 @@ DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # The most a TLS socket is given at once: one TLS record.
 TLS_RECORD_BYTES = 16384
 
+# The connections open in this process, so that a server that stops can close them all.
+open_connections = set()
+open_connections_lock = threading.Lock()
+
 # simple-websocket's `Server` attributes used here, so an upgrade that renames one fails a test.
 SIMPLE_WEBSOCKET_INTERNALS = ("sock", "ws", "event", "thread", "input_buffer", "connected",
                               "max_message_size", "receive", "close")
@@ -73,10 +79,14 @@ class Sock(flask_sock.Sock):
             @wraps(handler)
             def serve(ws, *args, **kwargs):
                 connection = Connection(ws)
+                with open_connections_lock:
+                    open_connections.add(connection)
                 try:
                     handler(connection, *args, **kwargs)
                 finally:
                     connection.close()
+                    with open_connections_lock:
+                        open_connections.discard(connection)
 
             return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
 
@@ -155,6 +165,11 @@ class Connection:
 
     def close(self, code=CloseReason.NORMAL_CLOSURE, reason=""):
         """Close: our close frame, the client's answer, the TCP connection; nothing after, whoever started."""
+        self.start_closing(code, reason)
+        self.finish_closing(time.monotonic() + CLOSE_SECONDS * 3)
+
+    def start_closing(self, code, reason):
+        """Queue our close frame, unless a close frame has gone out already; never waits."""
         if not self._socket.finishing:  # else a close frame, ours or our answer to the client's, went out
             self._socket.finish()  # no frame may follow the close frame
             if self._ws.connected:
@@ -162,11 +177,26 @@ class Connection:
                     self._ws.close(code, reason)  # queues our close frame
                 except (ConnectionClosed, LocalProtocolError):
                     pass  # the client's close frame came first: simple-websocket has answered it
-        self._socket.flush(wait=CLOSE_SECONDS)
+
+    def finish_closing(self, deadline):
+        """Send our close frame and wait for the client's answer, until `deadline` at most; then hang up."""
+        self._socket.flush(wait=min(CLOSE_SECONDS, deadline - time.monotonic()))
         # simple-websocket's reader thread ends when the client answers our close
         # frame, and then closes its socket (that is, calls `GuardedSocket.close`).
-        self._ws.thread.join(CLOSE_SECONDS * 2)
+        self._ws.thread.join(max(0, deadline - time.monotonic()))
         self._socket.hang_up()
+
+
+def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; connect again.",
+              seconds=CLOSE_SECONDS):
+    """Close every open connection of this process, all at once, within about `seconds`: the server is stopping."""
+    with open_connections_lock:
+        connections = list(open_connections)
+    for connection in connections:  # every close frame goes out first...
+        connection.start_closing(code, reason)
+    deadline = time.monotonic() + seconds
+    for connection in connections:  # ...then the answers are awaited together
+        connection.finish_closing(deadline)
 
 
 class ReaderThread(threading.Thread):
@@ -199,6 +229,12 @@ class GuardedSocket:
     def __init__(self, ws):
         self._ws = ws
         self._raw = ws.sock
+        # The server's timeout for reading a request (serving.py) is not for the
+        # WebSocket that follows: with a timeout, even a send that must not wait waits.
+        self._raw.settimeout(None)
+        # Under gevent, a socket's send waits for room even when told not to
+        # (MSG_DONTWAIT). The operating system's socket it wraps never waits.
+        self._unwaiting = getattr(self._raw, "_sock", self._raw)
         try:
             # werkzeug leaves Nagle's algorithm on, which holds a small frame
             # back until the client acknowledges the one before (up to 40 ms).
@@ -371,7 +407,7 @@ class GuardedSocket:
             if not wait_until_ready(self._raw, selectors.EVENT_WRITE, 0):
                 return 0
             return self._raw.send(data[:TLS_RECORD_BYTES])
-        return self._raw.send(data, DONT_WAIT)
+        return self._unwaiting.send(data, DONT_WAIT)
 
     def _hang_up(self):
         # A close frame would wait behind everything else. Shutting the socket
@@ -400,7 +436,7 @@ class GuardedSocket:
             if not wait_until_ready(self._raw, selectors.EVENT_READ, remaining):
                 return
             try:
-                if not self._raw.recv(65536, DONT_WAIT):
+                if not self._unwaiting.recv(65536, DONT_WAIT):
                     return  # the client has closed too
             except BlockingIOError:
                 continue

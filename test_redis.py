@@ -5,6 +5,7 @@ are the ones only Redis has: several processes serving one chat, and Redis
 itself going away, restarting or being flushed.
 """
 
+import http.client
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (PROJECT, FlaskRun, free_port, receive_json, receive_until, start_redis_server,
+from conftest import (FlaskRun, Gunicorn, free_port, receive_json, receive_until, start_redis_server,
                       wait_until)
 from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
@@ -242,64 +243,66 @@ def test_an_address_holds_at_most_its_share_of_websockets_and_long_polls_over_ev
     assert [status for status, _ in answers] == [200] * 3
 
 
-def gunicorn_connections(port, master_pid):
-    """How many established TCP connections to `port` each gunicorn worker holds, by worker pid."""
-    inodes = {}
+def worker_holding(client_port, server_port, master_pid):
+    """The pid of the gunicorn worker that holds the other end of our connection from `client_port`."""
+    inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as lines:
             for line in list(lines)[1:]:
                 fields = line.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if local_port == port and fields[3] == "01":  # ESTABLISHED
-                    inodes[fields[9]] = True
+                local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+                if (local, remote) == (server_port, client_port):
+                    inodes.add(f"socket:[{fields[9]}]")
     workers = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True, text=True).stdout.split()
-    held = {}
     for worker in workers:
-        links = []
         for fd in os.listdir(f"/proc/{worker}/fd"):
             try:
-                links.append(os.readlink(f"/proc/{worker}/fd/{fd}"))
+                if os.readlink(f"/proc/{worker}/fd/{fd}") in inodes:
+                    return int(worker)
             except OSError:
-                pass
-        held[worker] = sum(link[8:-1] in inodes for link in links if link.startswith("socket:["))
-    return held
+                pass  # closed meanwhile
+    return None
 
 
-def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis, tmp_path, open_socket):
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "3", "--threads", "100", "-b", f"127.0.0.1:{port}",
-         "app:create_app()"],
-        cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "FLASK_REDIS_URL": shared_redis.url, "FLASK_RATE_LIMIT": "0"})
-    url = f"http://127.0.0.1:{port}"
-    sockets = []
+def post_through_a_new_connection(server, text):
+    """POST a message over a connection of its own; return (status, pid of the worker that served it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        wait_until(lambda: get_or_none(url + "/messages"), timeout=20)
-        for _ in range(24):
-            sockets.append(open_socket(f"ws://127.0.0.1:{port}/ws", open_timeout=20))
+        connection.connect()
+        worker = worker_holding(connection.sock.getsockname()[1], server.port, server.process.pid)
+        connection.request("POST", "/messages", json.dumps({"user": "gunicorn", "text": text}),
+                           {"Content-Type": "application/json"})
+        return connection.getresponse().status, worker
+    finally:
+        connection.close()
+
+
+def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis, tmp_path):
+    # The README's production command with three workers on one Redis.
+    server = Gunicorn(env={"FLASK_REDIS_URL": shared_redis.url, "FLASK_RATE_LIMIT": "0"}, options=["-w", "3"],
+                      log=tmp_path / "gunicorn.log").start()
+    try:
+        sockets = [server.connect(open_timeout=20) for _ in range(24)]
         for ws in sockets:
             receive_json(ws)
-        held = gunicorn_connections(port, gunicorn.pid)
-        assert sum(count > 0 for count in held.values()) >= 2, f"sockets per worker: {held}"
-
-        for n in range(20):
-            assert post(url, "/messages", {"user": "gunicorn", "text": f"m{n}"})[0] == 201
+        # Which worker accepts a connection is the kernel's choice: find out where each one went.
+        socket_workers = {worker_holding(ws.socket.getsockname()[1], server.port, server.process.pid)
+                          for ws in sockets} - {None}
+        posted, post_workers = [], set()
+        # Post until some post went through a worker other than some socket's (if the kernel
+        # ever lets one), so that messages must cross processes to reach every socket.
+        while len(posted) < 20 or (len(posted) < 60 and len(post_workers | socket_workers) < 2):
+            status, worker = post_through_a_new_connection(server, f"m{len(posted)}")
+            assert status == 201
+            posted.append(f"m{len(posted)}")
+            post_workers |= {worker} - {None}
 
         for ws in sockets:
-            frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == 20)
-            assert texts(frames) == [f"m{n}" for n in range(20)]
+            frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == len(posted))
+            assert texts(frames) == posted
+        print(f"\nsockets on workers {sorted(socket_workers)}, posts through {sorted(post_workers)}")
     finally:
-        for ws in sockets:
-            ws.close()
-        gunicorn.terminate()
-        try:
-            gunicorn.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # a worker still waits on a socket: don't wait for it
-            gunicorn.kill()
-            gunicorn.wait()
-        log.close()
+        server.stop()
 
 
 def get_or_none(url):

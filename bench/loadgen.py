@@ -312,3 +312,24 @@ async def fill(url, count):
     finally:
         await close_all([client])
     return target, epoch
+
+
+async def measure_idle(url, count, measure, settle=2.0):
+    """Open `count` clients that take their first frame and then say nothing; return `measure()` while they are open."""
+    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+
+    async def join():
+        async with gate:
+            client, _ = await connect(url)
+            return client
+
+    clients = await asyncio.gather(*(join() for _ in range(count)), return_exceptions=True)
+    opened = [client for client in clients if not isinstance(client, BaseException)]
+    try:
+        if len(opened) < count:
+            failure = next(client for client in clients if isinstance(client, BaseException))
+            raise RuntimeError(f"only {len(opened):,} of {count:,} clients connected: {failure!r}")
+        await asyncio.sleep(settle)  # let the server finish setting each one up
+        return measure()
+    finally:
+        await close_all(opened)

@@ -7,11 +7,13 @@ Run from the project root, in the project's virtual environment:
     .venv/bin/python bench/run.py --redis           # the Redis store on two processes, about 8 minutes
     .venv/bin/python bench/run.py --redis --quick   # its smoke run, about 40 seconds
 
-By default it starts the app with `flask run` and bench/baseline_server.py, drives
-both with the same load generator (bench/loadgen.py), taking turns, and prints
-what each delivered, how fast, and how late. Then it starts two fresh copies of
-the app, one holding 100 messages and one holding 100,000, and times
-`GET /messages?since=<latest>` on each in turn.
+By default it starts the app with `flask run`, the app with the README's
+production command (gunicorn, with gunicorn.conf.py), and bench/baseline_server.py,
+drives them with the same load generator (bench/loadgen.py), taking turns, and
+prints what each delivered, how fast, and how late. Then it opens 5000 idle
+WebSockets on a fresh copy of each and prints the memory each holds them in.
+Last, it starts two fresh copies of the app, one holding 100 messages and one
+holding 100,000, and times `GET /messages?since=<latest>` on each in turn.
 
 With --redis it starts a redis-server of its own and two `flask run` processes
 sharing it, and drives the 1000 clients and the burst against three servers in
@@ -59,18 +61,23 @@ SCENARIOS = {
     ],
 }
 ROUNDS = {"full": 3, "quick": 1}
+IDLE_SOCKETS = {"full": 5000, "quick": 500}
 STORED = {"full": (100, 100_000), "quick": (100, 10_000)}
 GET_REQUESTS = {"full": 300, "quick": 50}
 WARM_UP = 20  # GET requests per app not timed, so both have loaded their code paths
 
 # `python -m flask` is the `flask` command of the Python running this script.
 FLASK_RUN = [sys.executable, "-m", "flask", "run", "--port", "{port}"]
+# The README's production command: gunicorn reads gunicorn.conf.py from the project root.
+GUNICORN = [sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:{port}", "app:create_app()"]
 BASELINE = [sys.executable, os.path.join(BENCH, "baseline_server.py"), "--port", "{port}"]
 # A Redis that keeps nothing on disk: each run starts empty, and no write waits for a disk.
 REDIS_SERVER = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
 P99_SCENARIO, BURST_SCENARIO = 1, 2  # which scenarios the targets are about
 TARGETS = {"p99": 1.2, "burst": 0.9, "get": 1.2}  # ours against the baseline
+# The production command against the baseline: p99 no worse, memory for idle sockets at most twice.
+PRODUCTION_TARGETS = {"p99": 1.0, "memory": 2.0}
 REDIS_TARGETS = {"p99": 1.3, "burst": 0.5, "get": 1.2}  # the Redis pair against the app in memory
 
 # The three servers of the Redis mode, as the tables name them.
@@ -109,11 +116,14 @@ def main():
 def benchmark_in_memory(logs, size, rounds):
     """The app against the baseline in every scenario, then GET with few and with many messages in memory."""
     scenarios = SCENARIOS[size]
+    servers_measured = {"ours": FLASK_RUN, "gunicorn": GUNICORN, "baseline": BASELINE}
     with Servers(logs) as servers:
-        servers.start("ours", FLASK_RUN)
-        servers.start("baseline", BASELINE)
-        chats = {"ours": servers.chat("ours"), "baseline": servers.chat("baseline")}
+        for name, command in servers_measured.items():
+            servers.start(name, command)
+        chats = {name: servers.chat(name) for name in servers_measured}
         results = asyncio.run(run_scenarios(chats, scenarios, rounds))
+
+    memory = measure_idle_memory(logs, servers_measured, IDLE_SOCKETS[size])
 
     small, large = STORED[size]
     with Servers(logs) as servers:
@@ -121,7 +131,64 @@ def benchmark_in_memory(logs, size, rounds):
         costs = time_get_since_latest(ports, GET_REQUESTS[size])
 
     print_targets(results, scenarios, costs, (small, large))
+    print_production_targets(results, scenarios, memory, IDLE_SOCKETS[size])
     print_generator_check(results, scenarios[P99_SCENARIO])
+
+
+def measure_idle_memory(logs, commands, count):
+    """Open `count` idle WebSockets on a fresh copy of each server in turn; return {name: (MB before, MB with them)}.
+
+    Memory is the resident set (RSS) summed over the server's processes: for
+    gunicorn, its master and its worker.
+    """
+    print(f"\n== Memory: {count:,} idle WebSockets, RSS summed over each server's processes ==")
+    print(f"{'server':<9} {'processes':>9} {'MB before':>10} {'MB with them':>13} {'KB per socket':>14}")
+    memory = {}
+    with Servers(logs) as servers:
+        for name, command in commands.items():
+            servers.start(name, command)
+        for name in commands:
+            pids = servers.pids(name)
+            before = resident_mb(pids)
+            try:
+                during = asyncio.run(loadgen.measure_idle(f"ws://127.0.0.1:{servers.port[name]}/ws", count,
+                                                          lambda: resident_mb(servers.pids(name))))
+            except RuntimeError as error:  # say so, and go on with the other servers
+                print(f"{name:<9} failed: {error}; see its log in {logs}", flush=True)
+                continue
+            memory[name] = (before, during)
+            per_socket = (during - before) * 1024 / count
+            print(f"{name:<9} {len(pids):>9} {before:>10.0f} {during:>13.0f} {per_socket:>14.1f}", flush=True)
+    return memory
+
+
+def resident_mb(pids):
+    """Return the resident memory of the processes `pids` together, in MB."""
+    total_kb = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            total_kb += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return total_kb / 1024
+
+
+def print_production_targets(results, scenarios, memory, idle_sockets):
+    """Print the production command's p99 and memory next to the baseline's, with the goals of issue 14."""
+    p99_title = scenarios[P99_SCENARIO][0]
+    p99 = {name: median_result(results[(p99_title, name)])["p99_ms"] for name in ("gunicorn", "baseline")}
+    print(f"\n== The production command (gunicorn) against the baseline ==")
+    print(f"{'':<50} {'gunicorn':>10} {'baseline':>10} {'ratio':>7}")
+    rows = [
+        (f"p99 ms, {p99_title}", p99["gunicorn"], p99["baseline"], "<=", PRODUCTION_TARGETS["p99"]),
+        (f"MB with {idle_sockets:,} idle WebSockets", memory.get("gunicorn", (0, None))[1],
+         memory.get("baseline", (0, None))[1], "<=", PRODUCTION_TARGETS["memory"]),
+    ]
+    for label, ours, baseline, sign, target in rows:
+        if ours is None or baseline is None:
+            print(f"{label:<50} {'':>10} {'':>10} {'':>7}   target {sign} {target}   not measured")
+            continue
+        value = ours / baseline
+        print(f"{label:<50} {ours:>10.1f} {baseline:>10.1f} {value:>7.2f}"
+              f"   target {sign} {target}   {verdict(value, sign, target)}")
 
 
 def benchmark_redis(logs, size, rounds):
@@ -358,7 +425,9 @@ class Servers:
             raise ValueError(f"a server named {name!r} has been started already")
         port = free_port()
         # The benchmark's few clients send far faster than a person: flood control would refuse them.
-        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0")
+        # And all its clients come from one address, which may otherwise hold only 100 sockets.
+        env = dict(os.environ, FLASK_MAX_MESSAGES="200000", FLASK_RATE_LIMIT="0",
+                   FLASK_MAX_SOCKETS_PER_ADDRESS="1000000")
         env.pop("FLASK_DEBUG", None)  # debug mode would start a reloader and a second process
         env.pop("FLASK_REDIS_URL", None)  # a Redis set in the shell must not slip into the in-memory runs
         if redis_url:
@@ -369,6 +438,8 @@ class Servers:
         self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.port[name] = port
         wait_until_listening(port, self.processes[name], log.name)
+        if command is GUNICORN:  # its master listens before its worker is ready
+            wait_until_answering(port, self.processes[name], log.name)
         return port
 
     def start_redis(self, name):
@@ -381,11 +452,19 @@ class Servers:
         """Return the process id of server `name`."""
         return self.processes[name].pid
 
+    def pids(self, name):
+        """Return the process ids of server `name` and of every process it started (gunicorn's workers)."""
+        pids = [self.pid(name)]
+        for pid in pids:  # grows as children are found
+            children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+            pids += [int(child) for child in children.split()]
+        return pids
+
     def chat(self, *names, redis_pids=()):
         """Return what loadgen.run_scenario needs to drive the chat that the servers `names` serve together."""
         return {
             "urls": [f"ws://127.0.0.1:{self.port[name]}/ws" for name in names],
-            "server_pids": [self.pid(name) for name in names],
+            "server_pids": [pid for name in names for pid in self.pids(name)],
             "redis_pids": list(redis_pids),
         }
 
@@ -424,6 +503,23 @@ def wait_until_listening(port, process, log_path, timeout=30):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"the server did not listen on port {port} within {timeout} s; see {log_path}")
+
+
+def wait_until_answering(port, process, log_path, timeout=30):
+    """Wait until `GET /` on `port` gets an answer; fail if the process exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}; see {log_path}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            connection.close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the server did not answer on port {port} within {timeout} s; see {log_path}")
 
 
 if __name__ == "__main__":

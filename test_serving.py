@@ -1,0 +1,438 @@
+"""Serving it: the production command (gunicorn), idle connections, clean stops, proxies and hosts.
+
+The WebSocket and hostile-client behaviours that matter most run here again
+under the README's production command, `gunicorn 'app:create_app()'` with
+gunicorn.conf.py (the `gunicorn` fixture), where sockets wait in greenlets.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from app import create_app
+from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
+                      receive_until, wait_until)
+from test_hostile import (close_code_received, frames_left, history, masked_text_frame, read_server_frame,
+                          send_frame)
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
+
+# An upper bound for "it never happened", never a measure of speed.
+PROMPTLY = 10
+
+
+def texts(frames):
+    """All message texts in a list of answers or `messages` frames, in the order received."""
+    return [m["text"] for frame in frames for m in frame["messages"]]
+
+
+def status_of(url, headers=None, timeout=PROMPTLY):
+    """GET `url` and return its HTTP status."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def handshake_status(port, path="/ws"):
+    """Open a WebSocket by hand; return (the socket, the status line of the answer)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
+    raw.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = raw.recv(1)  # no further: the first frame follows
+        if not chunk:
+            break
+        answer += chunk
+    return raw, answer.split(b"\r\n", 1)[0].decode()
+
+
+# The WebSocket protocol under gunicorn
+
+
+def test_under_gunicorn_posts_and_frames_reach_every_socket_and_get(gunicorn):
+    epoch = gunicorn.get("/messages")["epoch"]
+    watcher, sender = gunicorn.connect(), gunicorn.connect()
+    for ws in (watcher, sender):
+        assert receive_json(ws) == {"command": "messages", "messages": [], "cursor": 0, "epoch": epoch,
+                                    "reset": False, "more": False}
+
+    gunicorn.post("/messages", {"user": "Azin", "text": "posted"})
+    send_frame(sender, {"command": "send-message", "message": {"user": "Bo", "text": "sent"}})
+    send_frame(sender, {"command": "like", "id": 1})
+
+    for ws in (watcher, sender):
+        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == 3)
+        assert set(texts(frames)) == {"posted", "sent"}
+    assert history(gunicorn) == (3, [("posted", 1, 0), ("sent", 0, 0)])
+    assert gunicorn.connect("/hello/ws").recv(timeout=PROMPTLY) == "Hello"
+
+
+@pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
+def test_under_gunicorn_clients_connecting_while_others_post_get_every_message_exactly_once(gunicorn):
+    total = 300
+    done = threading.Event()
+
+    def post_continuously():
+        for n in range(total):
+            gunicorn.post("/messages", {"user": "poster", "text": f"m{n}"})
+        done.set()
+
+    poster = threading.Thread(target=post_continuously)
+    poster.start()
+    clients = []
+    while not done.is_set() and len(clients) < 30:
+        history_answer = gunicorn.get("/messages")
+        ws = gunicorn.connect(f"/ws?since={history_answer['cursor']}&epoch={history_answer['epoch']}")
+        clients.append((history_answer, ws))
+    poster.join()
+    assert len(clients) >= 5
+    for history_answer, ws in clients:
+        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == total)
+        assert texts([history_answer]) + texts(frames) == [f"m{n}" for n in range(total)]
+        cursors = [frame["cursor"] for frame in frames]
+        assert cursors == sorted(set(cursors))
+
+
+def test_under_gunicorn_a_10_mb_frame_gets_a_close_frame_with_1009_and_nothing_is_stored(gunicorn):
+    raw = raw_websocket(gunicorn.port)
+    try:
+        raw.settimeout(PROMPTLY)
+        assert read_server_frame(raw)[0] == 0x1  # the first `messages` frame
+        raw.sendall(masked_text_frame("x" * (10 * 2**20)))
+        assert close_code_received(raw) == 1009
+    finally:
+        raw.close()
+    assert history(gunicorn) == (0, [])
+
+
+def test_under_gunicorn_sockets_that_keep_flooding_get_error_frames_then_1008(gunicorn):
+    gunicorn.post("/messages", {"user": "Azin", "text": "like me"})
+    sockets = [gunicorn.connect(max_queue=None) for _ in range(3)]
+    for ws in sockets:
+        receive_json(ws)
+    close_frames = {}
+
+    def flood(ws):
+        deadline = time.monotonic() + PROMPTLY
+        try:
+            while time.monotonic() < deadline:
+                send_frame(ws, {"command": "like", "id": 1})
+        except ConnectionClosed as closed:
+            close_frames[ws] = closed.rcvd
+
+    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
+    for thread in floods:
+        thread.start()
+    for thread in floods:
+        thread.join()
+    for ws in sockets:
+        assert close_frames.get(ws) is not None and close_frames[ws].code == 1008
+        refusals = [frame for frame in frames_left(ws) if frame["command"] == "error"]
+        assert refusals and all("Too many changes" in frame["error"] for frame in refusals)
+    assert gunicorn.get("/messages")["messages"][0]["likes"] <= 3 * 30 + 3 * 10 * 2 * PROMPTLY
+
+
+@pytest.mark.config(RATE_LIMIT=0)
+def test_under_gunicorn_frames_before_a_close_are_carried_out_and_nothing_follows_our_close_frame(gunicorn):
+    raw = raw_websocket(gunicorn.port)
+    try:
+        raw.settimeout(PROMPTLY)
+        read_server_frame(raw)
+        frames = b"".join(masked_text_frame(json.dumps(
+            {"command": "send-message", "message": {"user": "script", "text": f"last words {n}"}}))
+            for n in range(5))
+        close = bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big")  # masked with zeros
+        raw.sendall(frames + close)
+        received = b""
+        while chunk := raw.recv(65536):  # until the server closes the connection
+            received += chunk
+    finally:
+        raw.close()
+    # Our answer to the client's close frame is the last thing sent: 0x88, 2 bytes, code 1000.
+    assert received.endswith(b"\x88\x02" + (1000).to_bytes(2, "big"))
+    assert [text for text, _, _ in history(gunicorn)[1]] == [f"last words {n}" for n in range(5)]
+
+
+# Capacity: refused before the upgrade, never left waiting
+
+
+def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_api_answer(tmp_path):
+    # 20 connections at once: 4 kept for pages, then 10 for WebSockets and 5 for long polls.
+    server = Gunicorn(options=["--worker-connections", "20"], log=tmp_path / "gunicorn.log").start()
+    held = []
+    try:
+        for _ in range(10):
+            raw, status = handshake_status(server.port)
+            assert status.startswith("HTTP/1.1 101"), status
+            held.append(raw)
+        for _ in range(3):
+            raw, status = handshake_status(server.port)
+            raw.close()
+            assert status.startswith("HTTP/1.1 503"), status
+        for path in ("/", "/websocket", "/static/chat.js", "/messages"):
+            assert status_of(server.url + path) == 200, path
+        assert server.post("/messages", {"user": "Azin", "text": "still here"})["id"] == 1
+        for raw in held:  # every socket still gets what happens
+            raw.settimeout(PROMPTLY)
+            assert read_server_frame(raw)[0] == 0x1
+            assert b"still here" in read_server_frame(raw)[1]
+    finally:
+        for raw in held:
+            raw.close()
+        server.stop()
+    assert "Room for 10 WebSockets and 5 waiting long polls" in (tmp_path / "gunicorn.log").read_text()
+
+
+# Stopping: every socket hears 1001, and the server is gone in seconds
+
+
+def flask_run(tmp_path, **env):
+    """A FlaskRun, not yet started, logging to the test's folder."""
+    return FlaskRun(free_port(), env=env, log=tmp_path / "flask.log")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path):
+    if kind == "gunicorn":
+        server = Gunicorn(options=["-w", "2"], log=tmp_path / "server.log").start()
+        # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
+        wait_until(lambda: (tmp_path / "server.log").read_text().count("Room for") == 2)
+    else:
+        server = flask_run(tmp_path)
+        server.start()
+    with ExitStack() as clients:
+        sockets = [clients.enter_context(connect(f"ws://127.0.0.1:{server.port}/ws")) for _ in range(4)]
+        for ws in sockets:
+            receive_json(ws)
+        # Ctrl+C signals every process of the terminal's foreground group; `kill` the one named.
+        stopped = [server.process.pid]
+        if signum == signal.SIGINT:
+            stopped += map(int, subprocess.run(["pgrep", "-P", str(server.process.pid)],
+                                               capture_output=True, text=True).stdout.split())
+        for pid in stopped:
+            os.kill(pid, signum)
+        for ws in sockets:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=PROMPTLY)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        try:
+            server.process.wait(timeout=PROMPTLY)
+        finally:
+            if server.process.poll() is None:
+                server.process.kill()
+                server.process.wait()
+    log = next(tmp_path.glob("*.log")).read_text()
+    assert "SIGKILL" not in log and "Traceback" not in log, log
+
+
+# Connections that say nothing are closed, and keep no one waiting
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_meanwhile(kind, tmp_path):
+    if kind == "gunicorn":
+        server = Gunicorn(log=tmp_path / "server.log").start()
+    else:
+        server = flask_run(tmp_path)
+        server.start()
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        assert status_of(server.url + "/") == 200
+        silent.settimeout(30)  # an upper bound: the server closes it after about 10 s
+        assert silent.recv(1) == b""
+    finally:
+        silent.close()
+        server.stop()
+
+
+def self_signed_certificate(folder):
+    """Make a certificate and key for 127.0.0.1 with openssl; return their paths."""
+    if not shutil.which("openssl"):
+        if ON_CI:
+            pytest.fail("openssl is not installed", pytrace=False)
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waiting(tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    log = open(tmp_path / "flask.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flask", "run", "--port", str(port), "--cert", str(cert), "--key", str(key)],
+        cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
+    untrusting = ssl.create_default_context()
+    untrusting.check_hostname, untrusting.verify_mode = False, ssl.CERT_NONE
+    silent = None
+    try:
+        url = f"https://127.0.0.1:{port}"
+        wait_until(lambda: answers(url, untrusting), timeout=20)
+        silent = socket.create_connection(("127.0.0.1", port))  # and never a ClientHello
+        for _ in range(3):
+            with urllib.request.urlopen(url + "/messages", context=untrusting, timeout=PROMPTLY) as response:
+                assert response.status == 200
+        with connect(f"wss://127.0.0.1:{port}/ws", ssl=untrusting, open_timeout=PROMPTLY) as ws:
+            assert receive_json(ws)["command"] == "messages"
+        silent.settimeout(30)
+        assert silent.recv(1) == b""  # closed by the server
+    finally:
+        if silent:
+            silent.close()
+        process.terminate()
+        process.wait(timeout=PROMPTLY)
+        log.close()
+
+
+def answers(url, context):
+    """True if GET `url`/ gets an answer over TLS."""
+    try:
+        urllib.request.urlopen(url + "/", context=context, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def cpu_seconds(pid):
+    """The CPU time process `pid` has used so far, all threads together."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, tmp_path):
+    if kind == "gunicorn":
+        server = Gunicorn(log=tmp_path / "server.log", open_files=64).start()
+    else:
+        server = FlaskRun(free_port(), log=tmp_path / "server.log", open_files=64)
+        server.start()
+    processes = [server.process.pid] + [int(pid) for pid in subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()]
+    idle = []
+    try:
+        for _ in range(80):  # more than the server has files for; the rest wait in its queue
+            idle.append(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(1)  # let it take what it can
+        used_before = sum(map(cpu_seconds, processes))
+        time.sleep(3)
+        used = sum(map(cpu_seconds, processes)) - used_before
+        assert used < 1.5, f"{used:.1f} s of CPU in 3 s at the open-file limit: spinning"
+        # The idle connections are closed after about 10 s, and a new client is served.
+        assert status_of(server.url + "/", timeout=60) == 200
+    finally:
+        for raw in idle:
+            raw.close()
+        server.stop()
+
+
+# Behind a proxy: TRUSTED_PROXIES
+
+
+def post_from(client, address, text, **headers):
+    """POST a message through a proxy that says the request came from `address`."""
+    return client.post("/messages", json={"user": "proxied", "text": text},
+                       headers={"X-Forwarded-For": address, **headers})
+
+
+@pytest.mark.parametrize("proxies, separate", [(1, True), (0, False)])
+def test_flood_control_counts_the_address_a_trusted_proxy_forwards_and_ignores_it_otherwise(
+        proxies, separate):
+    # One change a second, in bursts of three.
+    app = create_app({"TESTING": True, "TRUSTED_PROXIES": proxies, "RATE_LIMIT": 1})
+    try:
+        client = app.test_client()
+        statuses = []
+        while 429 not in statuses:  # the first address uses up its allowance
+            statuses.append(post_from(client, "203.0.113.1", f"m{len(statuses)}").status_code)
+            assert len(statuses) < 100, "never refused"
+        others = [post_from(client, "203.0.113.2", f"another client {n}").status_code for n in range(3)]
+        if separate:
+            assert others == [201, 201, 201]  # a burst of its own
+        else:
+            assert 429 in others  # at most the token or two that came back meanwhile
+    finally:
+        close_app(app)
+
+
+@pytest.mark.config(TRUSTED_PROXIES=1)
+def test_with_trusted_proxies_an_origin_matching_the_forwarded_host_is_this_site(client):
+    headers = {"Origin": "https://chat.example", "X-Forwarded-Host": "chat.example",
+               "X-Forwarded-Proto": "https"}
+    assert post_from(client, "203.0.113.1", "through the proxy", **headers).status_code == 201
+
+
+def test_without_trusted_proxies_a_forwarded_host_changes_nothing(client):
+    headers = {"Origin": "https://chat.example", "X-Forwarded-Host": "chat.example"}
+    assert post_from(client, "203.0.113.1", "through the proxy", **headers).status_code == 403
+
+
+@pytest.mark.parametrize("proxies, opens", [(1, True), (0, False)])
+def test_a_websocket_through_a_trusted_proxy_opens_with_the_pages_origin(tmp_path, proxies, opens):
+    server = flask_run(tmp_path, FLASK_TRUSTED_PROXIES=str(proxies))
+    server.start()
+    headers = {"Origin": "https://chat.example", "X-Forwarded-Host": "chat.example",
+               "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.1"}
+    try:
+        if opens:
+            with connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers) as ws:
+                assert receive_json(ws)["command"] == "messages"
+        else:
+            with pytest.raises(InvalidStatus) as refused:
+                connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
+            assert refused.value.response.status_code == 403
+    finally:
+        server.stop()
+
+
+def test_a_host_not_in_flask_trusted_hosts_gets_400(tmp_path):
+    server = flask_run(tmp_path, FLASK_TRUSTED_HOSTS='["chat.example", "127.0.0.1"]')
+    server.start()
+    try:
+        assert status_of(server.url + "/messages") == 200
+        assert status_of(server.url + "/messages", headers={"Host": "rebound.example"}) == 400
+    finally:
+        server.stop()
+
+
+@pytest.mark.config(RATE_LIMIT=0)  # one sender, as fast as it goes
+def test_under_gunicorn_a_client_that_never_reads_delays_no_one(gunicorn):
+    # Under gevent, a send that would wait makes the broadcaster wait, unless
+    # connection.py sends through the socket underneath gevent's.
+    stalled = raw_websocket(gunicorn.port, receive_buffer=4096)  # never reads a byte
+    try:
+        watcher = gunicorn.connect(max_queue=None)
+        sender = gunicorn.connect(max_queue=None)
+        receive_json(watcher)
+        receive_json(sender)
+        total, text = 8000, "x" * 990  # 9 MB: more than the stalled client's buffers hold
+        for n in range(total):
+            send_frame(sender, {"command": "send-message", "message": {"user": "flood", "text": f"{n} {text}"}})
+        frames = receive_until(watcher, lambda frames: frames and frames[-1]["cursor"] == total, timeout=60)
+        assert [int(text.split()[0]) for text in texts(frames)] == list(range(total))
+    finally:
+        stalled.close()
