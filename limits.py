@@ -1,4 +1,4 @@
-"""Limits that keep one client from hurting the others: flood control, and how many sockets fit.
+"""Limits that keep one client from hurting the others: flood control, and places per address.
 
 Flood control is a token bucket for each client address: it gets `rate` tokens
 a second, keeps at most `burst` of them, and spends one on each change it asks
@@ -11,7 +11,6 @@ the server's WebSockets or waiting long polls, whatever is left for the others.
 """
 
 import math
-import resource
 import threading
 import time
 from collections import Counter
@@ -118,31 +117,3 @@ class Places:
             self.taken[address] -= 1
             if not self.taken[address]:
                 del self.taken[address]
-
-
-# A WebSocket holds two file descriptors: its socket, and the selector that
-# simple-websocket uses to time its pings. A long poll holds one. Together they
-# may use three quarters of the limit; the rest is kept for pages, API requests
-# and log files.
-FILES_PER_WEBSOCKET = 2
-
-
-def open_file_limit():
-    """Raise this process's limit of open files as far as it may; return the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # macOS calls its hard limit "infinity", then refuses more than 10240.
-    for limit in (hard, 10240):
-        if soft < limit != resource.RLIM_INFINITY:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
-                return limit
-            except (ValueError, OSError):
-                continue
-    return soft
-
-
-def capacity(open_files):
-    """Return how many WebSockets and how many waiting long polls fit in `open_files` descriptors."""
-    websockets = open_files * 5 // 8 // FILES_PER_WEBSOCKET
-    long_polls = open_files // 8
-    return websockets, long_polls
