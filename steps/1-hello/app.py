@@ -6,12 +6,10 @@ from flask_sock import Sock
 app = Flask(__name__)
 sock = Sock(app)
 
-
 @app.get("/")
 def index():
     """The page that opens the WebSocket and shows what it receives."""
     return render_template("index.html")
-
 
 @sock.route("/hello/ws")
 def hello(ws):

@@ -1,52 +1,36 @@
-// What both pages share: showing messages, the form and the buttons. Nothing here knows about the network:
-// each page's own script is its transport, which calls startChat() with the functions that send,
-// and hands what the server answers to apply().
-export function startChat(transport) {
+// What both pages share: messages, form and buttons. The network is left to each page's transport.
+export let cursor = 0; // the last answer's cursor: the transport asks for what comes after it
+export const setStatus = (text) => { document.getElementById("status").textContent = text; };
+export const showError = (err) => { document.getElementById("error").textContent = err.message ?? err; };
+
+/** Send what the form holds with `transport.send`, and votes with `transport.vote`: both return promises. */
+export function start(transport) {
   const form = document.getElementById("send-form");
-  const showError = (text) => { document.getElementById("error").textContent = text; };
   form.onsubmit = (event) => {
     event.preventDefault(); // we send it ourselves, and stay on the page
     transport.send({ user: form.user.value, text: form.text.value })
       .then(() => { form.text.value = ""; showError(""); })
-      .catch((error) => showError(error.message)); // what was typed stays, to send again
+      .catch(showError); // what was typed stays, to send again
   };
-  document.getElementById("messages").onclick = (event) => {
-    const { vote } = event.target.dataset; // set on the Like and Dislike buttons
-    const id = Number(event.target.parentNode.dataset.id);
-    if (vote) transport.vote(id, vote).catch((error) => showError(error.message));
-  };
-  let cursor = 0;
-  return {
-    get cursor() { return cursor; },
-    /** Show a `messages` answer, and remember its cursor, to ask for what comes after it. */
-    apply(answer) {
-      for (const message of answer.messages) {
-        // A message shown already comes again when its counts change: it replaces the old one.
-        const old = document.querySelector(`li[data-id="${message.id}"]`);
-        if (old) old.replaceWith(renderMessage(message));
-        else document.getElementById("messages").append(renderMessage(message));
-      }
-      cursor = answer.cursor;
-    },
-    setStatus: (state) => { document.getElementById("status").textContent = state; },
-    showError,
+  document.getElementById("messages").onclick = ({ target }) => { // on a Like or Dislike button
+    if (target.name) transport.vote(Number(target.value), target.name).catch(showError);
   };
 }
 
-/** Build a message's <li>. User text goes in as textContent: shown as text, never run as HTML. */
-function renderMessage(message) {
-  const item = element("li");
-  item.dataset.id = message.id;
-  // <bdi>: a name in Arabic or Hebrew can't reorder what follows it.
-  item.append(element("bdi", message.user), ` ${new Date(message.timestamp).toLocaleTimeString()}`,
-              element("p", message.text), element("button", `Like ${message.likes}`, "like"), " ",
-              element("button", `Dislike ${message.dislikes}`, "dislike"));
-  return item;
+/** Show a `messages` answer, and remember its cursor. User text goes in as text, never run as HTML. */
+export function apply(answer) {
+  for (const message of answer.messages) {
+    const item = element("li", "", { id: `message-${message.id}` });
+    // <bdi>: a name in Arabic or Hebrew can't reorder what follows it.
+    item.append(element("bdi", message.user), ` ${new Date(message.timestamp).toLocaleTimeString()}`,
+                element("p", message.text),
+                element("button", `Like ${message.likes}`, { name: "like", value: message.id }), " ",
+                element("button", `Dislike ${message.dislikes}`, { name: "dislike", value: message.id }));
+    const old = document.getElementById(item.id); // shown already: its counts changed
+    old ? old.replaceWith(item) : document.getElementById("messages").append(item);
+  }
+  cursor = answer.cursor;
+  setStatus("connected"); // an answer came
 }
 
-function element(tag, text = "", vote = "") {
-  const node = document.createElement(tag);
-  node.textContent = text;
-  if (vote) node.dataset.vote = vote;
-  return node;
-}
+const element = (tag, text, more) => Object.assign(document.createElement(tag), { textContent: text }, more);

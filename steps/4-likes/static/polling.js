@@ -1,8 +1,8 @@
 // The polling page's transport: long polling GET /messages for changes, POST to send and vote.
-import { startChat } from "./chat.js";
+import * as chat from "./chat.js";
 
 const headers = { "Content-Type": "application/json" }; // what POST /messages takes
-const chat = startChat({
+chat.start({
   send: (message) => request("/messages", { method: "POST", headers, body: JSON.stringify(message) }),
   vote: (id, vote) => request(`/messages/${id}/${vote}`, { method: "POST" }),
 });
@@ -14,12 +14,10 @@ async function request(url, options) {
   return answer;
 }
 
-// Long polling: the server holds each request until something changes (or 25 s pass); then
-// we ask again from the new cursor. The first request doesn't wait: it fetches the history.
-for (let wait = 0; ; wait = 25) {
+// Long polling: each request waits until something changes (or 25 s), then we ask again.
+for (let wait = 0; ; wait = 25) { // the first request doesn't wait: it fetches the history
   try {
     chat.apply(await request(`/messages?since=${chat.cursor}&wait=${wait}`));
-    chat.setStatus("connected");
   } catch {
     chat.setStatus("reconnecting");
     await new Promise((resolve) => setTimeout(resolve, 2000)); // give the server time to come back
