@@ -147,6 +147,8 @@ async def connect(url, on_text=lambda data, now: None):
 
 async def close_all(clients, timeout=10):
     """Close every client politely, and cut off those the server has not let go of in time."""
+    if not clients:
+        return
     for client in clients:
         client.close()
     await asyncio.wait([client.closed for client in clients], timeout=timeout)
