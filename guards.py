@@ -63,7 +63,7 @@ def from_another_site():
 
 @contextmanager
 def waiting_slot():
-    """Hold one of the places for a waiting long poll while the block runs; raise 503 / 429 if none is free."""
+    """Hold a place for a waiting long poll while the block runs; raise 503 or 429 if none is free."""
     # A waiting request holds a thread and a socket: their number is bounded.
     long_polls = current_app.extensions["chat"].long_polls
     take_place(long_polls, "requests waiting")
@@ -74,7 +74,7 @@ def waiting_slot():
 
 
 def take_place(places, what):
-    """Take one of `places` for the client's address; raise 503 if the server is full, 429 if the address is."""
+    """Take one of `places` for the client's address: 503 if the server is full, 429 if the address is."""
     refusal = places.take(request.remote_addr)
     if refusal == "server":
         raise ServiceUnavailable(f"The server holds as many {what} as it can; try again in a moment.")

@@ -90,7 +90,7 @@ class FrameAllowance:
 
 
 class Places:
-    """At most `total` of something at once (open WebSockets, waiting long polls), `per_address` per address."""
+    """At most `total` of something at once (open WebSockets, waiting long polls), `per_address` each."""
 
     def __init__(self, total, per_address):
         self.total = total

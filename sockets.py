@@ -62,7 +62,8 @@ def carry_out(store, frame, allowance):
         return error_frame(str(error))
     ref = command.get("ref")
     if wait:
-        return error_frame(too_many_changes(allowance.buckets.rate, wait) + " This one was not carried out.", ref)
+        refusal = too_many_changes(allowance.buckets.rate, wait)
+        return error_frame(f"{refusal} This one was not carried out.", ref)
     try:
         match command.get("command"):
             case "send-message":
@@ -70,7 +71,8 @@ def carry_out(store, frame, allowance):
             case "like" | "dislike" as vote:
                 add_vote(store, vote, command.get("id"))
             case unknown:
-                return error_frame(f"Unknown command {quote(unknown)}: use send-message, like or dislike.", ref)
+                return error_frame(f"Unknown command {quote(unknown)}: "
+                                   "use send-message, like or dislike.", ref)
     except (ValueError, StoreUnavailable) as error:
         return error_frame(str(error), ref)
     except KeyError:
@@ -87,7 +89,8 @@ def parse_command(frame):
         raise ValueError('Frames must be JSON objects with a "command" field.')
     ref = command.get("ref")
     # Echoed as JSON, so NaN, Infinity (1e999) and numbers JavaScript can't hold are refused.
-    is_number = type(ref) is int and abs(ref) <= LARGEST_NUMBER or type(ref) is float and abs(ref) < float("inf")
+    is_number = (type(ref) is int and abs(ref) <= LARGEST_NUMBER
+                 or type(ref) is float and abs(ref) < float("inf"))
     if not (ref is None or is_number or isinstance(ref, str) and len(ref) <= 64):
         raise ValueError('"ref" must be text of up to 64 characters, or a number.')
     return command
