@@ -458,6 +458,38 @@ def test_a_socket_whose_reader_thread_dies_is_closed_with_1011_and_frees_its_pla
     assert [m["text"] for m in server.get("/messages")["messages"]] == ["still served"]
 
 
+# Threads
+
+
+def thread_count(pid):
+    """How many threads process `pid` has now, as /proc counts them."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+@linux_only
+def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_closes(start_flask_run):
+    running = start_flask_run(RATE_LIMIT=0)
+    pid = running.process.pid
+    warm_up = raw_websocket(running.port)  # starts the broadcaster's thread, which every socket shares
+    read_first_frame(warm_up)
+    before = thread_count(pid)
+    count, sockets = 20, []
+    try:
+        for _ in range(count):
+            sockets.append(raw_websocket(running.port))
+            read_first_frame(sockets[-1])  # its route runs: whatever threads it needs exist now
+        added = thread_count(pid) - before
+        print(f"\n{count} idle WebSockets added {added} threads to flask run's {before}")
+        # The route's thread reads the socket too: there is no second thread to read it.
+        assert added == count
+    finally:
+        for raw in sockets:
+            raw.close()
+    wait_until(lambda: thread_count(pid) <= before)
+    warm_up.close()
+
+
 # File descriptors
 
 
