@@ -235,17 +235,15 @@ class Connection:
 
     def _read_more(self):
         """Wait for the client's next bytes, pinging while none come, and hand them on; False once the connection ended."""
-        ws = self._ws
         while self.connected:
             timeout = None  # without pings, wait as long as it takes
-            if ws.ping_interval:
-                timeout = self._next_ping - time.monotonic()
-                if timeout <= 0:
-                    if not self._ping():
-                        return False
-                    continue
+            if self._ws.ping_interval:
+                timeout = max(0, self._next_ping - time.monotonic())
+            # Bytes that came are read first: the pong to our last ping may be among them.
             if self._socket.wait_readable(timeout):
                 return self._receive()
+            if not self._ping():
+                return False
         return False
 
     def _ping(self):
