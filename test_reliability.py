@@ -136,8 +136,8 @@ def test_frames_to_one_socket_never_interleave_when_many_threads_write_at_once(s
     posters = [threading.Thread(target=post_many, args=(offset,)) for offset in range(4)]
     for poster in posters:
         poster.start()
-    # Meanwhile the route thread answers bad frames on the same socket, and
-    # simple-websocket's own thread sends pings and answers ours.
+    # Meanwhile the route's thread, on the same socket, answers bad frames,
+    # sends pings and answers ours.
     for n in range(bad_frames):
         ws.send("not json")
         if n % 50 == 0:

@@ -434,28 +434,60 @@ def test_a_broadcaster_thread_that_died_anyway_is_started_again_by_the_next_sock
     assert texts_until(second, ["after the restart"]) == ["after the restart"]
 
 
-def test_a_socket_whose_reader_thread_dies_is_closed_with_1011_and_frees_its_place(
+def test_a_socket_whose_reading_fails_unexpectedly_is_closed_with_1011_and_frees_its_place(
         server, broadcaster, caplog):
     bystander, _ = connect_and_identify(server, broadcaster, [])
     threads_before = server_threads()
     victim, subscriber = connect_and_identify(server, broadcaster, set(broadcaster.subscribers))
 
     def out_of_memory():
-        raise MemoryError("injected by the test: the reader ran out of memory")
+        raise MemoryError("injected by the test: reading ran out of memory")
 
-    # simple-websocket's reader thread handles each frame it reads with this method.
+    # The route's thread hands every read's bytes to this method of simple-websocket's.
     subscriber.connection._ws._handle_events = out_of_memory
     victim.send(send_message_command("never carried out"))
     with pytest.raises(ConnectionClosed) as closed:
         victim.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     wait_until(lambda: len(broadcaster.subscribers) == 1)
-    wait_until(lambda: server_threads() <= threads_before)  # its request thread and its reader ended
-    assert any("reader failed" in record.getMessage() for record in caplog.records)
+    wait_until(lambda: server_threads() <= threads_before)  # its thread ended
+    assert any("Reading a WebSocket failed" in record.getMessage() for record in caplog.records)
 
     server.post("/messages", {"user": "Azin", "text": "still served"})
     assert texts_until(bystander, ["still served"]) == ["still served"]
     assert [m["text"] for m in server.get("/messages")["messages"]] == ["still served"]
+
+
+# Threads
+
+
+def thread_count(pid):
+    """How many threads process `pid` has now, as /proc counts them."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+@linux_only
+def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_closes(start_flask_run):
+    running = start_flask_run(RATE_LIMIT=0)
+    pid = running.process.pid
+    warm_up = raw_websocket(running.port)  # starts the broadcaster's thread, which every socket shares
+    read_first_frame(warm_up)
+    before = thread_count(pid)
+    count, sockets = 20, []
+    try:
+        for _ in range(count):
+            sockets.append(raw_websocket(running.port))
+            read_first_frame(sockets[-1])  # its route runs: whatever threads it needs exist now
+        added = thread_count(pid) - before
+        print(f"\n{count} idle WebSockets added {added} threads to flask run's {before}")
+        # The route's thread reads the socket too: there is no second thread to read it.
+        assert added == count
+    finally:
+        for raw in sockets:
+            raw.close()
+    wait_until(lambda: thread_count(pid) <= before)
+    warm_up.close()
 
 
 # File descriptors
