@@ -119,6 +119,29 @@ def read_server_frame(raw):
     return opcode, payload
 
 
+def flood_with_likes(sockets, message_id=1):
+    """Send likes on all `sockets` at once, as fast as they go, until each is closed or PROMPTLY passes.
+
+    Return {socket: the close frame it received (None if none came)} for those closed.
+    """
+    close_frames = {}
+
+    def flood(ws):
+        deadline = time.monotonic() + PROMPTLY
+        try:
+            while time.monotonic() < deadline:
+                send_frame(ws, {"command": "like", "id": message_id})
+        except ConnectionClosed as closed:
+            close_frames[ws] = closed.rcvd
+
+    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
+    for thread in floods:
+        thread.start()
+    for thread in floods:
+        thread.join()
+    return close_frames
+
+
 def frames_left(ws):
     """The frames a closed python-websockets connection received and no one read yet, decoded."""
     frames = []
@@ -540,22 +563,8 @@ def test_sockets_that_keep_flooding_get_error_frames_then_1008_and_the_server_lo
     sockets = [server.connect(max_queue=None) for _ in range(6)]
     for ws in sockets:
         receive_json(ws)
-    close_frames = {}
-
-    def flood(ws):
-        deadline = time.monotonic() + PROMPTLY
-        try:
-            while time.monotonic() < deadline:
-                send_frame(ws, {"command": "like", "id": 1})
-        except ConnectionClosed as closed:
-            close_frames[ws] = closed.rcvd
-
     started = time.monotonic()
-    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
-    for thread in floods:
-        thread.start()
-    for thread in floods:
-        thread.join()
+    close_frames = flood_with_likes(sockets)
     elapsed = time.monotonic() - started
     for ws in sockets:
         assert ws in close_frames, f"still open after {PROMPTLY} s of flooding"

@@ -26,8 +26,8 @@ from websockets.sync.client import connect
 from app import create_app
 from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
                       receive_until, wait_until)
-from test_hostile import (close_code_received, frames_left, history, masked_text_frame, read_server_frame,
-                          send_frame)
+from test_hostile import (close_code_received, flood_with_likes, frames_left, history, masked_text_frame,
+                          read_server_frame, send_frame)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 
@@ -130,21 +130,7 @@ def test_under_gunicorn_sockets_that_keep_flooding_get_error_frames_then_1008(gu
     sockets = [gunicorn.connect(max_queue=None) for _ in range(3)]
     for ws in sockets:
         receive_json(ws)
-    close_frames = {}
-
-    def flood(ws):
-        deadline = time.monotonic() + PROMPTLY
-        try:
-            while time.monotonic() < deadline:
-                send_frame(ws, {"command": "like", "id": 1})
-        except ConnectionClosed as closed:
-            close_frames[ws] = closed.rcvd
-
-    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
-    for thread in floods:
-        thread.start()
-    for thread in floods:
-        thread.join()
+    close_frames = flood_with_likes(sockets)
     for ws in sockets:
         assert close_frames.get(ws) is not None and close_frames[ws].code == 1008
         refusals = [frame for frame in frames_left(ws) if frame["command"] == "error"]

@@ -36,7 +36,6 @@ import datetime
 import fcntl
 import json
 import os
-import resource
 import signal
 import socket
 import statistics
@@ -49,7 +48,7 @@ import time
 from urllib.parse import urlsplit
 
 import loadgen
-from run import free_port, wait_until_listening
+from run import free_port, prepare_for_many_sockets, wait_until_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -78,12 +77,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the burst against each server")
     args = parser.parse_args()
 
-    # A thousand clients need a thousand sockets here and a thousand in each
-    # server, which inherit this limit because it is raised before they start.
-    _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
-    # Stopped with `kill`, end as on Ctrl-C: through the `with Servers` blocks, which stop every server.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    prepare_for_many_sockets()
 
     print(f"Naive broadcasts against the chat app, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"Machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} when it started")
@@ -393,19 +387,24 @@ def sample_messages_frame():
 # Part 2: the burst
 
 
-async def bursts(chats, rounds):
-    """Run the burst `rounds` times against each chat, taking turns; return {name: [result]}."""
+async def bursts(chats, rounds, part=2, before_each=None):
+    """Run the burst `rounds` times against each chat, taking turns; return {name: [result]}.
+
+    `before_each(name)`, if given, is awaited before each run against chat `name`.
+    """
     # loadgen gives up 30 s after the last send. A thread per client can need
     # longer than that to deliver the burst to 1000 clients on a busy machine:
     # wait, so that every server's p99 is measured rather than infinite.
     loadgen.DRAIN_LIMIT_SECONDS = max(loadgen.DRAIN_LIMIT_SECONDS, BURST_DRAIN_LIMIT)
-    print(f"\n== 2. Burst: {BURST_MESSAGES} messages sent at once by {loadgen.SENDERS} senders;"
+    print(f"\n== {part}. Burst: {BURST_MESSAGES} messages sent at once by {loadgen.SENDERS} senders;"
           f" all {BURST_CLIENTS} clients must receive each ==")
     print(f"{'server':<12} {'':<8} {'delivered/expected':>24} {'deliveries/s':>13} {'p99 ms':>9}"
           f" {'srv CPU':>8} {'gen CPU':>8} {'others':>7}")
     results = {name: [] for name in chats}
     for round_number in range(1, rounds + 1):
         for name, chat in chats.items():
+            if before_each:
+                await before_each(name)
             result = await loadgen.run_scenario(
                 urls=chat["urls"], server_pids=chat["server_pids"],
                 clients=BURST_CLIENTS, messages=BURST_MESSAGES, rate=None)

@@ -97,12 +97,7 @@ def main():
     if args.redis and not shutil.which("redis-server"):
         sys.exit("--redis needs redis-server on the PATH (Debian: apt-get install redis-server).")
 
-    # A thousand clients need a thousand sockets here and a thousand in the app,
-    # which inherits this limit because it is raised before the app starts.
-    _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
-    # Stopped with `kill`, end as on Ctrl-C: through the `with Servers` blocks, which stop every server.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    prepare_for_many_sockets()
 
     print_machine(args.redis)
     logs = tempfile.mkdtemp(prefix="chat-bench-")
@@ -111,6 +106,16 @@ def main():
         benchmark_redis(logs, size, rounds)
     else:
         benchmark_in_memory(logs, size, rounds)
+
+
+def prepare_for_many_sockets():
+    """Raise this process's limit of open files, for its clients and the servers it starts; end on `kill` as on Ctrl-C."""
+    # A thousand clients need a thousand sockets here and a thousand in each
+    # server, which inherits this limit because it is raised before it starts.
+    _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
+    # Stopped with `kill`, end as on Ctrl-C: through the `with Servers` blocks, which stop every server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def benchmark_in_memory(logs, size, rounds):

@@ -33,8 +33,6 @@ import asyncio
 import datetime
 import json
 import os
-import resource
-import signal
 import socket
 import sys
 import tempfile
@@ -43,7 +41,8 @@ import urllib.request
 from pathlib import Path
 
 import loadgen
-from naive import Inbox, Servers, figure, median_result, server_side, unread_bytes
+from naive import Inbox, Servers, bursts, figure, median_result, server_side, unread_bytes
+from run import prepare_for_many_sockets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -62,9 +61,7 @@ STALLED_CLIENTS = 50
 STALLED_RECEIVE_BUFFER = 4096  # bytes, set before connecting, so the kernel keeps it small
 TEXT = "x" * 900
 LATER_SECONDS = 10  # the app hangs up on a client that has taken nothing for 5 s
-# Part 3
-BURST_CLIENTS, BURST_MESSAGES = 1000, 200
-BURST_DRAIN_LIMIT = 180  # seconds to wait for the last deliveries after the last send
+# Part 3: naive.py's burst (BURST_CLIENTS, BURST_MESSAGES)
 
 
 def main():
@@ -73,11 +70,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the burst against each server")
     args = parser.parse_args()
 
-    # A thousand clients need a thousand sockets here and a thousand in each
-    # server, which inherit this limit because it is raised before they start.
-    _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    prepare_for_many_sockets()
     # Step 3 has no epoch: loadgen's `latest_cursor` expects one.
     loadgen.latest_cursor = latest_cursor
 
@@ -112,15 +105,12 @@ def main():
             result = asyncio.run(threads(servers.start(f"{name} threads", command)))
         print_threads(name, result)
 
-    print(f"\n== 3. Burst: {BURST_MESSAGES} messages sent at once by {loadgen.SENDERS} senders;"
-          f" all {BURST_CLIENTS} clients must receive each ==")
-    loadgen.DRAIN_LIMIT_SECONDS = max(loadgen.DRAIN_LIMIT_SECONDS, BURST_DRAIN_LIMIT)
     with Servers(logs) as servers:
         chats = {}
         for name, command in PLAIN.items():
             server = servers.start(f"{name} burst", command)
             chats[name] = {**server.chat("/ws"), "server": server}
-        results = asyncio.run(bursts(chats, args.rounds))
+        results = asyncio.run(settled_bursts(chats, args.rounds))
     step3, app = (median_result(results[name]) for name in ("step 3", "app"))
     print()
     figure(f"{app['deliveries_per_s'] / step3['deliveries_per_s']:.1f} x",
@@ -256,31 +246,14 @@ def print_threads(name, result):
 # Part 3: the burst
 
 
-async def bursts(chats, rounds):
-    """Run the burst `rounds` times against each chat, taking turns; return {name: [result]}."""
-    print(f"{'server':<8} {'':<8} {'delivered/expected':>24} {'deliveries/s':>13} {'p99 ms':>9}"
-          f" {'srv CPU':>8} {'gen CPU':>8} {'others':>7}")
-    results = {name: [] for name in chats}
+async def settled_bursts(chats, rounds):
+    """naive.py's bursts, each starting once the server is back to its idle threads; return {name: [result]}."""
     idle = {name: await warm_up(chat["server"]) for name, chat in chats.items()}
-    for round_number in range(1, rounds + 1):
-        for name, chat in chats.items():
-            await settle(chat["server"], idle[name])
-            result = await loadgen.run_scenario(urls=chat["urls"], server_pids=chat["server_pids"],
-                                                clients=BURST_CLIENTS, messages=BURST_MESSAGES, rate=None)
-            results[name].append(result)
-            print(burst_row(name, f"round {round_number}", result), flush=True)
-    if rounds > 1:
-        for name, runs in results.items():
-            print(burst_row(name, "median", median_result(runs)))
-    return results
 
+    async def settle_first(name):
+        await settle(chats[name]["server"], idle[name])
 
-def burst_row(name, label, result):
-    """Return one line of the burst table."""
-    delivered, expected = round(result["delivered"]), round(result["expected"])
-    return (f"{name:<8} {label:<8} {f'{delivered:,}/{expected:,} ({delivered / expected:.0%})':>24}"
-            f" {result['deliveries_per_s']:>13,.0f} {result['p99_ms']:>9,.1f}"
-            f" {result['server_cpu']:>8.0%} {result['generator_cpu']:>8.0%} {result['others_cpu']:>7.0%}")
+    return await bursts(chats, rounds, part=3, before_each=settle_first)
 
 
 # Shared
