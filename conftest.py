@@ -176,9 +176,8 @@ def wait_until(condition, timeout=20):
 
 
 def server_threads():
-    """How many threads serve connections: werkzeug's, one per request, and simple-websocket's readers."""
-    return sum("process_request" in thread.name or "simple_websocket" in thread.name
-               for thread in threading.enumerate())
+    """How many threads serve connections: werkzeug's, one per request, a WebSocket's included."""
+    return sum("process_request" in thread.name for thread in threading.enumerate())
 
 
 def free_port():

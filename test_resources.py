@@ -471,23 +471,26 @@ def thread_count(pid):
 def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_closes(start_flask_run):
     running = start_flask_run(RATE_LIMIT=0)
     pid = running.process.pid
-    warm_up = raw_websocket(running.port)  # starts the broadcaster's thread, which every socket shares
-    read_first_frame(warm_up)
-    before = thread_count(pid)
-    count, sockets = 20, []
-    try:
-        for _ in range(count):
-            sockets.append(raw_websocket(running.port))
-            read_first_frame(sockets[-1])  # its route runs: whatever threads it needs exist now
-        added = thread_count(pid) - before
-        print(f"\n{count} idle WebSockets added {added} threads to flask run's {before}")
-        # The route's thread reads the socket too: there is no second thread to read it.
-        assert added == count
-    finally:
-        for raw in sockets:
-            raw.close()
-    wait_until(lambda: thread_count(pid) <= before)
-    warm_up.close()
+    with connect(f"ws://127.0.0.1:{running.port}/ws") as warm_up:
+        # The first socket starts the broadcaster's thread, which every socket shares. Once its
+        # route carries out a frame, that thread runs, and is counted in `before`.
+        receive_json(warm_up)
+        warm_up.send(send_message_command("warming up"))
+        receive_until(warm_up, lambda frames: any(
+            message["text"] == "warming up" for frame in frames for message in frame.get("messages", [])))
+        before = thread_count(pid)
+        count, sockets = 20, []
+        try:
+            for _ in range(count):
+                sockets.append(raw_websocket(running.port))
+                read_first_frame(sockets[-1])  # its route runs: whatever threads it needs exist now
+            # The route's thread reads the socket too: there is no second thread to read it.
+            # (With one, this would be 40, and never 20.)
+            wait_until(lambda: thread_count(pid) - before == count)
+        finally:
+            for raw in sockets:
+                raw.close()
+        wait_until(lambda: thread_count(pid) <= before)
 
 
 # File descriptors
