@@ -190,6 +190,9 @@ def free_port():
 class FlaskRun:
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
+    name = "flask run"
+    stop_seconds = 10  # how long it may take to stop after SIGTERM
+
     def __init__(self, port, env=None, log=None, open_files=None):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -198,8 +201,13 @@ class FlaskRun:
         self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.process = None
 
+    def command(self):
+        """The command line that starts the server."""
+        return [sys.executable, "-m", "flask", "run", "--port", str(self.port)]
+
     def start(self):
-        command = [sys.executable, "-m", "flask", "run", "--port", str(self.port)]
+        """Start the server and wait until it answers; return it."""
+        command = self.command()
         if self.open_files:
             # As a learner's shell would set it; `exec` keeps the process id, to read its memory.
             command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
@@ -216,18 +224,24 @@ class FlaskRun:
         deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(self.url + "/", timeout=1).close()  # needs no store
-                return
+                urllib.request.urlopen(self.url + "/", timeout=2).close()  # needs no store
+                return self
             except OSError:
-                assert self.process.poll() is None, "flask run exited"
+                assert self.process.poll() is None, f"{self.name} exited"
                 time.sleep(0.1)
         self.stop()
-        raise AssertionError("flask run did not start within 60 s")
+        raise AssertionError(f"{self.name} did not start within 60 s")
 
     def stop(self):
+        """Stop the server with SIGTERM, as Ctrl+C would; kill it, and fail, if it takes too long."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=self.stop_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(f"{self.name} did not stop within {self.stop_seconds} s of SIGTERM")
 
 
 @pytest.fixture
@@ -362,57 +376,30 @@ def browser():
         chromium.close()
 
 
-class Gunicorn:
+class Gunicorn(FlaskRun):
     """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess.
 
     It has LiveServer's interface (url, port, connect, get, post, stop), so
     tests written for one read the same for the other.
     """
 
+    name = "gunicorn"
+    stop_seconds = 20
     connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
 
     def __init__(self, env=None, options=(), log=None, open_files=None):
-        self.port = free_port()
-        self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        super().__init__(free_port(), env, log, open_files)
         self.options = list(options)  # more command-line options, such as ["-w", "2"]
-        self.log = log  # a file for the server's output, or None to drop it
         self.clients = ExitStack()
-        self.process = None
 
-    def start(self):
+    def command(self):
         # The README's command, on a free port: `gunicorn 'app:create_app()'`.
-        command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
-                   "app:create_app()"]
-        if self.open_files:
-            command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
-        output = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=output,
-                                        stderr=subprocess.STDOUT)
-        if self.log:
-            output.close()
-        deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=2).close()
-                return self
-            except OSError:
-                assert self.process.poll() is None, "gunicorn exited"
-                time.sleep(0.1)
-        self.stop()
-        raise AssertionError("gunicorn did not answer within 60 s")
+        return [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
+                "app:create_app()"]
 
     def stop(self):
         self.clients.close()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError("gunicorn did not stop within 20 s of SIGTERM")
+        super().stop()
 
 
 @pytest.fixture
