@@ -180,6 +180,12 @@ def server_threads():
     return sum("process_request" in thread.name for thread in threading.enumerate())
 
 
+def threads_of(pid):
+    """How many threads process `pid` runs, as /proc counts them."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("Threads:")))
+
+
 def free_port():
     """Return a TCP port that nothing listens on right now."""
     with socket.socket() as probe:

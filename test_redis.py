@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import (FlaskRun, Gunicorn, free_port, receive_json, receive_until, start_redis_server,
-                      wait_until)
+                      threads_of, wait_until)
 from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
 
@@ -54,12 +54,6 @@ def post(url, path, body=None):
 def texts(frames):
     """All message texts in a list of answers or `messages` frames, in the order received."""
     return [m["text"] for frame in frames for m in frame["messages"]]
-
-
-def threads_of(pid):
-    """How many threads process `pid` runs."""
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line.split()[1] for line in status if line.startswith("Threads:")))
 
 
 class Processes:

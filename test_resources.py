@@ -24,7 +24,7 @@ from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
 from conftest import (PROJECT, FlaskRun, free_port, raw_websocket, receive_json, receive_until,
-                      server_threads, wait_until)
+                      server_threads, threads_of, wait_until)
 from store import Store
 from test_reliability import read_first_frame, rss_kb
 
@@ -461,12 +461,6 @@ def test_a_socket_whose_reading_fails_unexpectedly_is_closed_with_1011_and_frees
 # Threads
 
 
-def thread_count(pid):
-    """How many threads process `pid` has now, as /proc counts them."""
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
-
-
 @linux_only
 def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_closes(start_flask_run):
     running = start_flask_run(RATE_LIMIT=0)
@@ -478,7 +472,7 @@ def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_
         warm_up.send(send_message_command("warming up"))
         receive_until(warm_up, lambda frames: any(
             message["text"] == "warming up" for frame in frames for message in frame.get("messages", [])))
-        before = thread_count(pid)
+        before = threads_of(pid)
         count, sockets = 20, []
         try:
             for _ in range(count):
@@ -486,11 +480,11 @@ def test_under_flask_run_a_websocket_costs_one_thread_and_gives_it_back_when_it_
                 read_first_frame(sockets[-1])  # its route runs: whatever threads it needs exist now
             # The route's thread reads the socket too: there is no second thread to read it.
             # (With one, this would be 40, and never 20.)
-            wait_until(lambda: thread_count(pid) - before == count)
+            wait_until(lambda: threads_of(pid) - before == count)
         finally:
             for raw in sockets:
                 raw.close()
-        wait_until(lambda: thread_count(pid) <= before)
+        wait_until(lambda: threads_of(pid) <= before)
 
 
 # File descriptors
