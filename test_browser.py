@@ -14,6 +14,7 @@ missing browser is an error: a green CI must mean the browser tests ran.
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -840,13 +841,18 @@ def server_on_own_redis(own_redis):
 
 
 def post_once_redis_answers(base_url, user, text):
-    """Send a message over HTTP, asking again while the server answers 503 (it hasn't reached Redis yet)."""
+    """Send a message over HTTP, as a polite client: while the server refuses, wait as it says and ask again.
+
+    503 means it hasn't reached Redis yet. Asking again at once would be a flood,
+    and flood control counts the refused asks too, so the wait is Retry-After's.
+    """
     def posted():
         try:
             post_message(base_url, user, text)
         except urllib.error.HTTPError as error:
-            if error.code != 503:
+            if error.code not in (503, 429):
                 raise
+            time.sleep(int(error.headers["Retry-After"]))
             return False
         return True
 
