@@ -167,6 +167,44 @@ def receive_until(ws, predicate, timeout=30):
     return frames
 
 
+def texts(frames):
+    """All message texts in a list of answers or `messages` frames, in the order received."""
+    return [m["text"] for frame in frames for m in frame["messages"]]
+
+
+def check_clients_joining_while_others_post(post_to, history_from, sockets_from, total=300, most=30):
+    """Post `total` messages from a thread while clients join as the pages do; each must get every one once.
+
+    The messages go to each server of `post_to` in turn. A client joins as the
+    polling page loads and the WebSocket page connects: the history from
+    `history_from` over HTTP, then `sockets_from`'s /ws from its cursor and
+    epoch. Each client must then get every message exactly once, in order, on
+    cursors that only grow. (Servers have LiveServer's interface.)
+    """
+    done = threading.Event()
+
+    def post_continuously():
+        for n in range(total):
+            post_to[n % len(post_to)].post("/messages", {"user": "poster", "text": f"m{n}"})
+        done.set()
+
+    poster = threading.Thread(target=post_continuously)
+    poster.start()
+    clients = []
+    while not done.is_set() and len(clients) < most:
+        history = history_from.get("/messages")
+        ws = sockets_from.connect(f"/ws?since={history['cursor']}&epoch={history['epoch']}")
+        clients.append((history, ws))
+    poster.join()
+    assert len(clients) >= 5, "too few clients joined while the messages were being posted"
+    for history, ws in clients:
+        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == total)
+        assert texts([history]) + texts(frames) == [f"m{n}" for n in range(total)]
+        cursors = [frame["cursor"] for frame in frames]
+        assert cursors == sorted(set(cursors)), "cursors must grow on every connection"
+        assert cursors[0] >= history["cursor"]
+
+
 def wait_until(condition, timeout=20):
     """Poll `condition` until it holds; fail the test if it doesn't within `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -194,10 +232,15 @@ def free_port():
 
 
 class FlaskRun:
-    """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
+    """The app as a learner runs it: `flask run` in a subprocess, which can be restarted.
+
+    It has LiveServer's interface (url, port, connect, get, post, stop), so
+    tests written for one read the same for the other.
+    """
 
     name = "flask run"
     stop_seconds = 10  # how long it may take to stop after SIGTERM
+    connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
 
     def __init__(self, port, env=None, log=None, open_files=None):
         self.port = port
@@ -206,6 +249,7 @@ class FlaskRun:
         self.log = log  # a file for the server's output, or None to drop it
         self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.process = None
+        self.clients = ExitStack()  # the WebSocket clients `connect` opened
 
     def command(self):
         """The command line that starts the server."""
@@ -239,7 +283,11 @@ class FlaskRun:
         raise AssertionError(f"{self.name} did not start within 60 s")
 
     def stop(self):
-        """Stop the server with SIGTERM, as Ctrl+C would; kill it, and fail, if it takes too long."""
+        """Close the clients `connect` opened, then stop the server with SIGTERM, as Ctrl+C would.
+
+        Kill it, and fail, if it takes too long.
+        """
+        self.clients.close()
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -383,29 +431,19 @@ def browser():
 
 
 class Gunicorn(FlaskRun):
-    """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess.
-
-    It has LiveServer's interface (url, port, connect, get, post, stop), so
-    tests written for one read the same for the other.
-    """
+    """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess."""
 
     name = "gunicorn"
     stop_seconds = 20
-    connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
 
     def __init__(self, env=None, options=(), log=None, open_files=None):
         super().__init__(free_port(), env, log, open_files)
         self.options = list(options)  # more command-line options, such as ["-w", "2"]
-        self.clients = ExitStack()
 
     def command(self):
         # The README's command, on a free port: `gunicorn 'app:create_app()'`.
         return [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
                 "app:create_app()"]
-
-    def stop(self):
-        self.clients.close()
-        super().stop()
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (FlaskRun, Gunicorn, free_port, receive_json, receive_until, start_redis_server,
-                      threads_of, wait_until)
+from conftest import (FlaskRun, Gunicorn, check_clients_joining_while_others_post, free_port, receive_json,
+                      receive_until, start_redis_server, texts, threads_of, wait_until)
 from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
 
@@ -49,11 +49,6 @@ def post(url, path, body=None):
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
-
-
-def texts(frames):
-    """All message texts in a list of answers or `messages` frames, in the order received."""
-    return [m["text"] for frame in frames for m in frame["messages"]]
 
 
 class Processes:
@@ -120,35 +115,10 @@ def test_a_post_to_one_process_reaches_sockets_and_long_polls_of_the_other(two_p
 
 
 @pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
-def test_clients_joining_one_process_while_another_thread_posts_to_both_get_every_message_once(
-        two_processes, open_socket):
+def test_clients_joining_one_process_while_another_thread_posts_to_both_get_every_message_once(two_processes):
     a, b = two_processes
-    total = 300
-    done = threading.Event()
-
-    def post_to_both_in_turn():
-        for n in range(total):
-            post((a, b)[n % 2].url, "/messages", {"user": "poster", "text": f"m{n}"})
-        done.set()
-
-    poster = threading.Thread(target=post_to_both_in_turn)
-    poster.start()
-    clients = []
-    while not done.is_set() and len(clients) < 20:
-        # History from A, then the WebSocket of B from A's cursor: a cursor is good everywhere.
-        history = get(a.url, "/messages")
-        ws = open_socket(f"ws://127.0.0.1:{b.port}/ws?since={history['cursor']}&epoch={history['epoch']}",
-                         max_size=None)
-        clients.append((history, ws))
-    poster.join()
-    assert len(clients) >= 5
-
-    for history, ws in clients:
-        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == total)
-        assert texts([history]) + texts(frames) == [f"m{n}" for n in range(total)]
-        cursors = [frame["cursor"] for frame in frames]
-        assert cursors == sorted(set(cursors)), "cursors must grow on every connection"
-        assert cursors[0] >= history["cursor"]
+    # History from A, then the WebSocket of B from A's cursor: a cursor is good everywhere.
+    check_clients_joining_while_others_post(post_to=[a, b], history_from=a, sockets_from=b, most=20)
 
 
 @pytest.mark.config(RATE_LIMIT=0)  # 400 likes from one address

@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +23,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, close_app, free_port, raw_websocket, receive_json,
-                      receive_until, wait_until)
+from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, check_clients_joining_while_others_post, close_app,
+                      free_port, raw_websocket, receive_json, receive_until, texts, wait_until)
 from test_hostile import (close_code_received, flood_with_likes, frames_left, history, masked_text_frame,
                           read_server_frame, send_frame)
 
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process d
 
 # An upper bound for "it never happened", never a measure of speed.
 PROMPTLY = 10
-
-
-def texts(frames):
-    """All message texts in a list of answers or `messages` frames, in the order received."""
-    return [m["text"] for frame in frames for m in frame["messages"]]
 
 
 def status_of(url, headers=None, timeout=PROMPTLY):
@@ -89,28 +83,7 @@ def test_under_gunicorn_posts_and_frames_reach_every_socket_and_get(gunicorn):
 
 @pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
 def test_under_gunicorn_clients_connecting_while_others_post_get_every_message_exactly_once(gunicorn):
-    total = 300
-    done = threading.Event()
-
-    def post_continuously():
-        for n in range(total):
-            gunicorn.post("/messages", {"user": "poster", "text": f"m{n}"})
-        done.set()
-
-    poster = threading.Thread(target=post_continuously)
-    poster.start()
-    clients = []
-    while not done.is_set() and len(clients) < 30:
-        history_answer = gunicorn.get("/messages")
-        ws = gunicorn.connect(f"/ws?since={history_answer['cursor']}&epoch={history_answer['epoch']}")
-        clients.append((history_answer, ws))
-    poster.join()
-    assert len(clients) >= 5
-    for history_answer, ws in clients:
-        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == total)
-        assert texts([history_answer]) + texts(frames) == [f"m{n}" for n in range(total)]
-        cursors = [frame["cursor"] for frame in frames]
-        assert cursors == sorted(set(cursors))
+    check_clients_joining_while_others_post(post_to=[gunicorn], history_from=gunicorn, sockets_from=gunicorn)
 
 
 def test_under_gunicorn_a_10_mb_frame_gets_a_close_frame_with_1009_and_nothing_is_stored(gunicorn):

@@ -7,15 +7,10 @@ import threading
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import (BOTH_STORES, raw_websocket, receive_json, receive_until, server_threads,
-                      wait_until)
+from conftest import (BOTH_STORES, check_clients_joining_while_others_post, raw_websocket, receive_json,
+                      receive_until, server_threads, texts, wait_until)
 
 pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
-
-
-def texts(frames):
-    """All message texts in a list of `messages` frames, in the order received."""
-    return [m["text"] for frame in frames for m in frame["messages"]]
 
 
 def send_message(ws, text, user="Azin"):
@@ -207,29 +202,7 @@ def test_cursors_grow_on_each_connection_and_no_change_is_skipped_or_repeated(se
 
 @pytest.mark.config(RATE_LIMIT=0, PAGE_SIZE=1000)  # 300 posts as fast as they go; one page
 def test_clients_connecting_while_others_post_get_every_message_exactly_once(server):
-    total = 300
-    stop = threading.Event()
-
-    def post_continuously():
-        for n in range(total):
-            server.post("/messages", {"user": "poster", "text": f"m{n}"})
-        stop.set()
-
-    poster = threading.Thread(target=post_continuously)
-    poster.start()
-    clients = []
-    while not stop.is_set() and len(clients) < 30:
-        # What the polling page does on load, then what the WebSocket page does.
-        history = server.get("/messages")
-        ws = server.connect(f"/ws?since={history['cursor']}&epoch={history['epoch']}")
-        clients.append((history, ws))
-    poster.join()
-    assert len(clients) >= 5
-    for history, ws in clients:
-        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == total)
-        seen = texts([history]) + texts(frames)
-        assert seen == [f"m{n}" for n in range(total)]
-        ws.close()
+    check_clients_joining_while_others_post(post_to=[server], history_from=server, sockets_from=server)
 
 
 def test_a_send_error_on_some_sockets_does_not_stop_the_broadcast_to_the_others(
