@@ -439,12 +439,11 @@ class Servers:
             env["FLASK_REDIS_URL"] = redis_url
         log = open(os.path.join(self.logs, name.replace(" ", "_").replace(",", "") + ".log"), "w")
         self.log_files.append(log)
-        command = [part.format(port=port) for part in command]
-        self.processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = subprocess.Popen([part.format(port=port) for part in command], cwd=ROOT, env=env,
+                                                stdout=log, stderr=subprocess.STDOUT)
         self.port[name] = port
-        wait_until_listening(port, self.processes[name], log.name)
-        if command is GUNICORN:  # its master listens before its worker is ready
-            wait_until_answering(port, self.processes[name], log.name)
+        # gunicorn's master listens before its worker is ready: wait for an answer.
+        wait_until_listening(port, self.processes[name], log.name, answering=command is GUNICORN)
         return port
 
     def start_redis(self, name):
@@ -496,35 +495,28 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_until_listening(port, process, log_path, timeout=30):
-    """Wait until `port` accepts connections; fail if the process exits or `timeout` seconds pass."""
+def wait_until_listening(port, process, log_path, answering=False, timeout=30):
+    """Wait until `port` accepts connections, and with `answering` until `GET /` gets an answer too.
+
+    Fail if the process exits or `timeout` seconds pass.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode}; see {log_path}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            if answering:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/")
+                connection.getresponse().read()
+                connection.close()
+            else:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"the server did not listen on port {port} within {timeout} s; see {log_path}")
-
-
-def wait_until_answering(port, process, log_path, timeout=30):
-    """Wait until `GET /` on `port` gets an answer; fail if the process exits or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode}; see {log_path}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/")
-            connection.getresponse().read()
-            connection.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the server did not answer on port {port} within {timeout} s; see {log_path}")
+    raise RuntimeError(f"the server did not {'answer' if answering else 'listen'} on port {port} "
+                       f"within {timeout} s; see {log_path}")
 
 
 if __name__ == "__main__":
