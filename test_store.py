@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import BOTH_STORES
+from helpers import BOTH_STORES
 from store import Store
 
 pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
