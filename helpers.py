@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -149,11 +150,19 @@ class Client:
         """Open a real WebSocket client (python-websockets) to `path`; it is closed when the server stops."""
         # Like a browser, accept frames of any size: one frame may hold a long history.
         options.setdefault("max_size", None)
-        return self.clients.enter_context(connect(f"ws://127.0.0.1:{self.port}{path}", **options))
+        return self.clients.enter_context(connect(self.url.replace("http", "ws", 1) + path, **options))
 
     def request(self, method, path, body=None, headers=None, **options):
         """Send an HTTP request to `path` (see `request`) and return its Answer."""
         return request(method, self.url + path, body, headers, **options)
+
+    def answers(self, path="/"):
+        """True if the server gives `path` an HTTP answer at all (while it starts, it may not)."""
+        try:
+            self.request("GET", path, timeout=2)
+            return True
+        except OSError:
+            return False
 
     def get(self, path):
         """GET `path` and return the decoded JSON; fail the test unless it is a 200."""
@@ -190,7 +199,9 @@ class LiveServer(Client):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # It checks for `stop()` this often (werkzeug's default, 0.5 s, is what each test would wait).
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
         self.clients = ExitStack()
 
@@ -237,7 +248,7 @@ class FlaskRun(Client):
         if self.log:
             output.close()  # the server has its own copy
         deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
-        while not answers(self.url + "/"):  # needs no store
+        while not self.answers("/"):  # a page: needs no store
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"{self.name} exited or did not start within 60 s")
@@ -278,6 +289,39 @@ class Gunicorn(FlaskRun):
         # The README's command, on a free port: `gunicorn 'app:create_app()'`.
         return [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", *self.options,
                 "app:create_app()"]
+
+
+def self_signed_certificate(folder):
+    """Make a certificate and key for 127.0.0.1 with openssl; return their paths. Without openssl, skip (CI: fail)."""
+    if not shutil.which("openssl"):
+        if ON_CI:
+            pytest.fail("openssl is not installed", pytrace=False)
+        pytest.skip("openssl is not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class FlaskRunTLS(FlaskRun):
+    """`flask run --cert --key`: the app over https, with a certificate of its own that only the tests trust."""
+
+    def __init__(self, folder, env=None):
+        super().__init__(env=env, log=folder / "flask.log")
+        self.cert, self.key = self_signed_certificate(folder)
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.trust = ssl.create_default_context(cafile=self.cert)
+
+    def command(self):
+        return [*super().command(), "--cert", str(self.cert), "--key", str(self.key)]
+
+    def request(self, method, path, body=None, headers=None, **options):
+        return super().request(method, path, body, headers, context=self.trust, **options)
+
+    def connect(self, path="/ws", **options):
+        return super().connect(path, ssl=self.trust, **options)
 
 
 class RedisServer:

@@ -7,15 +7,11 @@ gunicorn.conf.py (the `gunicorn` fixture), where sockets wait in greenlets.
 
 import json
 import os
-import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 
 import pytest
@@ -23,41 +19,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, check_clients_joining_while_others_post, close_app,
-                      free_port, raw_websocket, receive_json, receive_until, texts, wait_until)
-from test_hostile import (close_code_received, flood_with_likes, frames_left, history, masked_text_frame,
-                          read_server_frame, send_frame)
+from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_joining_while_others_post,
+                     close_app, close_code_received, flood_with_likes, frames_left, handshake, history,
+                     masked_text_frame, raw_websocket, read_server_frame, receive_json, receive_until, send_frame, texts, wait_until)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 
-# An upper bound for "it never happened", never a measure of speed.
-PROMPTLY = 10
-
-
-def status_of(url, headers=None, timeout=PROMPTLY):
-    """GET `url` and return its HTTP status."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                    timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def handshake_status(port, path="/ws"):
-    """Open a WebSocket by hand; return (the socket, the status line of the answer)."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
-    raw.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = raw.recv(1)  # no further: the first frame follows
-        if not chunk:
-            break
-        answer += chunk
-    return raw, answer.split(b"\r\n", 1)[0].decode()
+# Short timers, so that no test waits out the real ones: a connection that completes no
+# request is closed after REQUEST_SECONDS (default 10).
+QUICK = {"FLASK_REQUEST_SECONDS": "1"}
 
 
 # The WebSocket protocol under gunicorn
@@ -135,31 +105,29 @@ def test_under_gunicorn_frames_before_a_close_are_carried_out_and_nothing_follow
 # Capacity: refused before the upgrade, never left waiting
 
 
-def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_api_answer(tmp_path):
+def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_api_answer(start, tmp_path):
     # 20 connections at once: 4 kept for pages, then 10 for WebSockets and 5 for long polls.
-    server = Gunicorn(options=["--worker-connections", "20"], log=tmp_path / "gunicorn.log").start()
+    server = start(Gunicorn(options=["--worker-connections", "20"], log=tmp_path / "gunicorn.log"))
     held = []
     try:
         for _ in range(10):
-            raw, status = handshake_status(server.port)
+            raw, status = handshake(server.port)
             assert status.startswith("HTTP/1.1 101"), status
             held.append(raw)
         for _ in range(3):
-            raw, status = handshake_status(server.port)
+            raw, status = handshake(server.port)
             raw.close()
             assert status.startswith("HTTP/1.1 503"), status
         for path in ("/", "/websocket", "/static/chat.js", "/messages"):
-            assert status_of(server.url + path) == 200, path
+            assert server.request("GET", path).status == 200, path
         assert server.post("/messages", {"user": "Azin", "text": "still here"})["id"] == 1
         for raw in held:  # every socket still gets what happens
-            raw.settimeout(PROMPTLY)
             assert read_server_frame(raw)[0] == 0x1
             assert b"still here" in read_server_frame(raw)[1]
     finally:
         for raw in held:
             raw.close()
-        server.stop()
-    assert "Room for 10 WebSockets and 5 waiting long polls" in (tmp_path / "gunicorn.log").read_text()
+    assert "Room for 10 WebSockets and 5 waiting long polls" in server.output()
 
 
 # Stopping: every socket hears 1001, and the server is gone in seconds
@@ -167,19 +135,21 @@ def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_a
 
 def flask_run(tmp_path, **env):
     """A FlaskRun, not yet started, logging to the test's folder."""
-    return FlaskRun(free_port(), env=env, log=tmp_path / "flask.log")
+    return FlaskRun(env=env, log=tmp_path / "flask.log")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path):
+def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(
+        kind, signum, start, tmp_path):
+    # The server is started with Ctrl+C's default disposition (FlaskRun's `default_sigint`),
+    # as from a terminal, however this suite was started: a background job ignores SIGINT.
     if kind == "gunicorn":
-        server = Gunicorn(options=["-w", "2"], log=tmp_path / "server.log").start()
+        server = start(Gunicorn(options=["-w", "2"], log=tmp_path / "server.log"))
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
-        wait_until(lambda: (tmp_path / "server.log").read_text().count("Room for") == 2)
+        wait_until(lambda: server.output().count("Room for") == 2)
     else:
-        server = flask_run(tmp_path)
-        server.start()
+        server = start(flask_run(tmp_path))
     with ExitStack() as clients:
         sockets = [clients.enter_context(connect(f"ws://127.0.0.1:{server.port}/ws")) for _ in range(4)]
         for ws in sockets:
@@ -195,13 +165,8 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=PROMPTLY)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-        try:
-            server.process.wait(timeout=PROMPTLY)
-        finally:
-            if server.process.poll() is None:
-                server.process.kill()
-                server.process.wait()
-    log = next(tmp_path.glob("*.log")).read_text()
+        server.process.wait(timeout=PROMPTLY)  # else `start` kills it after the test
+    log = server.output()
     assert "SIGKILL" not in log and "Traceback" not in log, log
 
 
@@ -209,71 +174,25 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
 
 
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_meanwhile(kind, tmp_path):
+def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_meanwhile(kind, start, tmp_path):
     if kind == "gunicorn":
-        server = Gunicorn(log=tmp_path / "server.log").start()
+        server = start(Gunicorn(env=QUICK, log=tmp_path / "server.log"))
     else:
-        server = flask_run(tmp_path)
-        server.start()
-    silent = socket.create_connection(("127.0.0.1", server.port))
-    try:
-        assert status_of(server.url + "/") == 200
-        silent.settimeout(30)  # an upper bound: the server closes it after about 10 s
+        server = start(flask_run(tmp_path, **QUICK))
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:
+        assert server.request("GET", "/").status == 200
+        silent.settimeout(30)  # an upper bound: the server closes it after REQUEST_SECONDS
         assert silent.recv(1) == b""
-    finally:
-        silent.close()
-        server.stop()
 
 
-def self_signed_certificate(folder):
-    """Make a certificate and key for 127.0.0.1 with openssl; return their paths."""
-    if not shutil.which("openssl"):
-        if ON_CI:
-            pytest.fail("openssl is not installed", pytrace=False)
-        pytest.skip("openssl is not installed")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
-
-
-def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waiting(tmp_path):
-    cert, key = self_signed_certificate(tmp_path)
-    port = free_port()
-    log = open(tmp_path / "flask.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "run", "--port", str(port), "--cert", str(cert), "--key", str(key)],
-        cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
-    untrusting = ssl.create_default_context()
-    untrusting.check_hostname, untrusting.verify_mode = False, ssl.CERT_NONE
-    silent = None
-    try:
-        url = f"https://127.0.0.1:{port}"
-        wait_until(lambda: answers(url, untrusting), timeout=20)
-        silent = socket.create_connection(("127.0.0.1", port))  # and never a ClientHello
+def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waiting(start, tmp_path):
+    server = start(FlaskRunTLS(tmp_path, env=QUICK))
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:  # and never a ClientHello
         for _ in range(3):
-            with urllib.request.urlopen(url + "/messages", context=untrusting, timeout=PROMPTLY) as response:
-                assert response.status == 200
-        with connect(f"wss://127.0.0.1:{port}/ws", ssl=untrusting, open_timeout=PROMPTLY) as ws:
-            assert receive_json(ws)["command"] == "messages"
-        silent.settimeout(30)
+            assert server.request("GET", "/messages").status == 200
+        assert receive_json(server.connect(open_timeout=PROMPTLY))["command"] == "messages"
+        silent.settimeout(30)  # an upper bound: the server closes it after REQUEST_SECONDS
         assert silent.recv(1) == b""  # closed by the server
-    finally:
-        if silent:
-            silent.close()
-        process.terminate()
-        process.wait(timeout=PROMPTLY)
-        log.close()
-
-
-def answers(url, context):
-    """True if GET `url`/ gets an answer over TLS."""
-    try:
-        urllib.request.urlopen(url + "/", context=context, timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def cpu_seconds(pid):
@@ -284,12 +203,11 @@ def cpu_seconds(pid):
 
 
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, tmp_path):
+def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, start, tmp_path):
     if kind == "gunicorn":
-        server = Gunicorn(log=tmp_path / "server.log", open_files=64).start()
+        server = start(Gunicorn(env=QUICK, log=tmp_path / "server.log", open_files=64))
     else:
-        server = FlaskRun(free_port(), log=tmp_path / "server.log", open_files=64)
-        server.start()
+        server = start(FlaskRun(env=QUICK, log=tmp_path / "server.log", open_files=64))
     processes = [server.process.pid] + [int(pid) for pid in subprocess.run(
         ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()]
     idle = []
@@ -301,12 +219,11 @@ def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recove
         time.sleep(3)
         used = sum(map(cpu_seconds, processes)) - used_before
         assert used < 1.5, f"{used:.1f} s of CPU in 3 s at the open-file limit: spinning"
-        # The idle connections are closed after about 10 s, and a new client is served.
-        assert status_of(server.url + "/", timeout=60) == 200
+        # The idle connections are closed after REQUEST_SECONDS, and a new client is served.
+        assert server.request("GET", "/", timeout=60).status == 200
     finally:
         for raw in idle:
             raw.close()
-        server.stop()
 
 
 # Behind a proxy: TRUSTED_PROXIES
@@ -351,31 +268,22 @@ def test_without_trusted_proxies_a_forwarded_host_changes_nothing(client):
 
 
 @pytest.mark.parametrize("proxies, opens", [(1, True), (0, False)])
-def test_a_websocket_through_a_trusted_proxy_opens_with_the_pages_origin(tmp_path, proxies, opens):
-    server = flask_run(tmp_path, FLASK_TRUSTED_PROXIES=str(proxies))
-    server.start()
+def test_a_websocket_through_a_trusted_proxy_opens_with_the_pages_origin(start, tmp_path, proxies, opens):
+    server = start(flask_run(tmp_path, FLASK_TRUSTED_PROXIES=str(proxies)))
     headers = {"Origin": "https://chat.example", "X-Forwarded-Host": "chat.example",
                "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.1"}
-    try:
-        if opens:
-            with connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers) as ws:
-                assert receive_json(ws)["command"] == "messages"
-        else:
-            with pytest.raises(InvalidStatus) as refused:
-                connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
-            assert refused.value.response.status_code == 403
-    finally:
-        server.stop()
+    if opens:
+        assert receive_json(server.connect(additional_headers=headers))["command"] == "messages"
+    else:
+        with pytest.raises(InvalidStatus) as refused:
+            server.connect(additional_headers=headers)
+        assert refused.value.response.status_code == 403
 
 
-def test_a_host_not_in_flask_trusted_hosts_gets_400(tmp_path):
-    server = flask_run(tmp_path, FLASK_TRUSTED_HOSTS='["chat.example", "127.0.0.1"]')
-    server.start()
-    try:
-        assert status_of(server.url + "/messages") == 200
-        assert status_of(server.url + "/messages", headers={"Host": "rebound.example"}) == 400
-    finally:
-        server.stop()
+def test_a_host_not_in_flask_trusted_hosts_gets_400(start, tmp_path):
+    server = start(flask_run(tmp_path, FLASK_TRUSTED_HOSTS='["chat.example", "127.0.0.1"]'))
+    assert server.request("GET", "/messages").status == 200
+    assert server.request("GET", "/messages", headers={"Host": "rebound.example"}).status == 400
 
 
 @pytest.mark.config(RATE_LIMIT=0)  # one sender, as fast as it goes
