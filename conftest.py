@@ -10,7 +10,7 @@ import pytest
 
 from app import create_app
 from helpers import (CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, Gunicorn, LiveServer, close_app, flask_env,
-                     start_redis_server)
+                     redis_settings, start_redis_server)
 from store import Store
 
 
@@ -31,9 +31,7 @@ def store_settings(request, store_kind):
         return {}
     redis_server = request.getfixturevalue("redis_server")
     redis_server.client().flushall()
-    # The listener checks for changes and for closing this often when idle: quickly, so that no test
-    # waits for it. (It takes effect once redis_store.py reads the setting.)
-    return {"REDIS_URL": redis_server.url, "REDIS_POLL_SECONDS": 0.05}
+    return redis_settings(redis_server.url)
 
 
 @pytest.fixture

@@ -337,6 +337,12 @@ class RedisServer:
         self.process = None
 
     def start(self):
+        """Start redis-server and wait until it answers; return it. Without redis-server, skip (CI: fail)."""
+        if not shutil.which("redis-server"):
+            message = "redis-server is not installed (Debian: apt-get install redis-server)"
+            if ON_CI:
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--dir", str(self.folder), *self.options],
@@ -363,16 +369,16 @@ class RedisServer:
             return False
 
 
+def redis_settings(url):
+    """The settings of an app on the Redis at `url`, as tests run it."""
+    # The listener checks for changes and for closing this often when idle (default 1 s):
+    # quickly, so that no test waits for it.
+    return {"REDIS_URL": url, "REDIS_POLL_SECONDS": 0.05}
+
+
 def start_redis_server(folder, persistent=False):
-    """Start a RedisServer; without redis-server, skip the test (fail it on CI)."""
-    if not shutil.which("redis-server"):
-        message = "redis-server is not installed (Debian: apt-get install redis-server)"
-        if ON_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    server = RedisServer(folder, persistent)
-    server.start()
-    return server
+    """Start a RedisServer and return it."""
+    return RedisServer(folder, persistent).start()
 
 
 def import_fresh(path, name):
