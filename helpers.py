@@ -222,6 +222,7 @@ class FlaskRun(Client):
 
     name = "flask run"
     stop_seconds = 10  # how long it may take to stop after SIGTERM
+    cwd = PROJECT  # where it starts, and finds app.py
 
     def __init__(self, port=None, env=None, log=None, open_files=None):
         self.port = port or free_port()
@@ -243,7 +244,7 @@ class FlaskRun(Client):
             # As a learner's shell would set it; `exec` keeps the process id, to read its memory.
             command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=output,
+        self.process = subprocess.Popen(command, cwd=self.cwd, env=self.env, stdout=output,
                                         stderr=subprocess.STDOUT, preexec_fn=default_sigint)
         if self.log:
             output.close()  # the server has its own copy
@@ -251,7 +252,8 @@ class FlaskRun(Client):
         while not self.answers("/"):  # a page: needs no store
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"{self.name} exited or did not start within 60 s")
+                raise AssertionError(f"{self.name} exited or did not start within 60 s"
+                                     + (f":\n{self.output()}" if self.log else ""))
             time.sleep(0.1)
         return self
 

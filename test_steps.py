@@ -20,9 +20,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -31,8 +28,8 @@ from packaging.requirements import Requirement
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (ON_CI, PROJECT, LiveServer, free_port, import_fresh,
-                      raw_websocket, receive_json, receive_until, wait_until)
+from helpers import (ON_CI, PROJECT, FlaskRun, LiveServer, import_fresh, raw_websocket, receive_json, receive_until,
+                     request, texts, wait_until)
 
 STEPS = PROJECT / "steps"
 ALL_STEPS = ["1-hello", "2-polling", "3-websocket", "4-likes"]
@@ -61,16 +58,11 @@ def chat(step):
 
 
 def call(url, method="GET", body=None, data=None, content_type="application/json", timeout=35):
-    """Send an HTTP request; return (status, decoded JSON answer), for error statuses too."""
+    """Send an HTTP request, a JSON `body` or bytes of `data`; return (status, decoded JSON answer)."""
     if body is not None:
         data = json.dumps(body).encode()
-    headers = {"Content-Type": content_type} if data is not None else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method=method),
-                                    timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    answer = request(method, url, data, {"Content-Type": content_type} if data is not None else {}, timeout=timeout)
+    return answer.status, answer.json
 
 
 def post(base_url, text, user="Azin"):
@@ -82,11 +74,6 @@ def post(base_url, text, user="Azin"):
 
 def send_message(ws, text, user="Azin"):
     ws.send(json.dumps({"command": "send-message", "message": {"user": user, "text": text}}))
-
-
-def texts(answers):
-    """The texts of the messages in a list of answers or `messages` frames, in order."""
-    return [message["text"] for answer in answers for message in answer["messages"]]
 
 
 def chat_with(base_url, step):
@@ -143,47 +130,25 @@ def test_each_step_imports_nothing_but_flask_flask_sock_and_the_standard_library
     assert top_level - set(sys.stdlib_module_names) <= ALLOWED_IMPORTS
 
 
-class StepRun:
-    """`python -m flask --app <app> run` in a subprocess, as a learner starts a step; stopped by `stop()`."""
+class StepRun(FlaskRun):
+    """`python -m flask --app <app> run` in a subprocess, as a learner starts a step, in a clean environment."""
 
-    def __init__(self, app, cwd, python_options=(), env=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, app, cwd, log, python_options=(), env=None):
+        super().__init__(log=log)
+        self.app, self.cwd, self.python_options = app, cwd, python_options
         clean = {key: value for key, value in os.environ.items() if not key.startswith(("FLASK_", "PYTHON"))}
-        self.process = subprocess.Popen(
-            [sys.executable, *python_options, "-m", "flask", "--app", app, "run", "--port", str(self.port)],
-            cwd=cwd, env={**clean, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
-        while True:
-            assert self.process.poll() is None, f"flask run exited:\n{self.output()}"
-            assert time.monotonic() < deadline, "flask run did not start within 60 s"
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
+        self.env = {**clean, **(env or {})}
 
-    def output(self):
-        """What the server printed, once it has stopped."""
-        self.stop()
-        return self.process.stdout.read().decode(errors="replace")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+    def command(self):
+        return [sys.executable, *self.python_options, "-m", "flask", "--app", self.app, "run", "--port", str(self.port)]
 
 
 @pytest.mark.parametrize("step", ALL_STEPS)
-def test_each_step_runs_from_the_project_folder_as_the_readme_says(step):
-    running = StepRun(f"steps/{step}/app", cwd=PROJECT)
-    try:
-        # The project folder has an app.py of its own: this must be the step's.
-        with urllib.request.urlopen(running.url + "/", timeout=10) as page:
-            assert ("hello.js" if step == "1-hello" else "polling.js") in page.read().decode()
-        chat_with(running.url, step)
-    finally:
-        running.stop()
+def test_each_step_runs_from_the_project_folder_as_the_readme_says(step, start, tmp_path):
+    running = start(StepRun(f"steps/{step}/app", cwd=PROJECT, log=tmp_path / "flask.log"))
+    # The project folder has an app.py of its own: this must be the step's.
+    assert ("hello.js" if step == "1-hello" else "polling.js") in running.request("GET", "/").body.decode()
+    chat_with(running.url, step)
 
 
 def distributions_needed(*names):
@@ -215,10 +180,11 @@ def only_flask_and_flask_sock(tmp_path_factory):
 
 def test_the_folder_of_flask_and_flask_sock_holds_nothing_else(only_flask_and_flask_sock):
     """The next test means something only if the step can't reach the project's other packages."""
+    script = ("import importlib.util as u; import flask, flask_sock; "
+              "print([m for m in ('redis', 'websockets', 'gunicorn', 'store') if u.find_spec(m)])")
     found = subprocess.run(
-        [sys.executable, "-S", "-c", "import importlib.util as u; import flask, flask_sock; "
-                                     "print([m for m in ('redis', 'websockets', 'gunicorn', 'store') if u.find_spec(m)])"],
-        cwd=only_flask_and_flask_sock.parent, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(only_flask_and_flask_sock)},
+        [sys.executable, "-S", "-c", script], cwd=only_flask_and_flask_sock.parent,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(only_flask_and_flask_sock)},
         capture_output=True, text=True, timeout=30)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
@@ -226,30 +192,24 @@ def test_the_folder_of_flask_and_flask_sock_holds_nothing_else(only_flask_and_fl
 
 @pytest.mark.parametrize("step", ALL_STEPS)
 def test_each_step_copied_alone_runs_and_chats_with_only_flask_and_flask_sock(
-        step, tmp_path, only_flask_and_flask_sock):
+        step, start, tmp_path, only_flask_and_flask_sock):
     copy = shutil.copytree(STEPS / step, tmp_path / step, ignore=shutil.ignore_patterns("__pycache__"))
     # -S: not even the virtualenv's site-packages; PYTHONPATH: the folder of Flask and flask-sock alone.
-    running = StepRun("app", cwd=copy, python_options=["-S"],
-                      env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        chat_with(running.url, step)
-    finally:
-        running.stop()
+    running = start(StepRun("app", cwd=copy, log=tmp_path / "flask.log", python_options=["-S"],
+                            env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"}))
+    chat_with(running.url, step)
 
 
-def test_the_readmes_whole_app_snippet_runs_when_pasted_into_an_empty_folder(tmp_path, only_flask_and_flask_sock):
+def test_the_readmes_whole_app_snippet_runs_when_pasted_into_an_empty_folder(
+        start, tmp_path, only_flask_and_flask_sock):
     """The README's first Python snippet calls itself a whole app: pasted into app.py, it must say Hello."""
     readme = (PROJECT / "README.md").read_text()
     snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "app.py").write_text(snippet)
-    running = StepRun("app", cwd=tmp_path, python_options=["-S"],
-                      env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        with urllib.request.urlopen(running.url + "/", timeout=10) as page:
-            assert "/hello/ws" in page.read().decode()
-        chat_with(running.url, "1-hello")
-    finally:
-        running.stop()
+    running = start(StepRun("app", cwd=tmp_path, log=tmp_path / "flask.log", python_options=["-S"],
+                            env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"}))
+    assert "/hello/ws" in running.request("GET", "/").body.decode()
+    chat_with(running.url, "1-hello")
 
 
 # Step 1: hello
