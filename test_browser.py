@@ -22,8 +22,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from app import create_app
-from conftest import (BOTH_STORES, ON_CI, FlaskRun, LiveServer, close_app, free_port, start_redis_server,
-                      wait_until)
+from helpers import (BOTH_STORES, ON_CI, FlaskRun, LiveServer, RedisServer, close_app, flask_env, redis_settings,
+                     wait_until)
 
 try:
     from playwright.sync_api import expect
@@ -182,7 +182,6 @@ def server_refusal(base_url, user, text):
 # Two people, two transports
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("sender_path", CHAT_PAGES)
 def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, sender_path):
     sender = open_chat(server.url + sender_path)
@@ -194,7 +193,6 @@ def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, s
         expect(message(page, f"Hello from {sender_path}")).to_contain_text("Azin")
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("voter_path", CHAT_PAGES)
 def test_likes_and_dislikes_clicked_on_one_page_update_the_counts_on_the_other(
         server, open_chat, voter_path):
@@ -300,8 +298,7 @@ def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, ope
 @pytest.fixture
 def second_flask_run(flask_run, store_settings):
     """Another `flask run` process, on the same store as `flask_run`."""
-    running = FlaskRun(free_port(), env={f"FLASK_{key}": value for key, value in store_settings.items()})
-    running.start()
+    running = FlaskRun(env=flask_env(store_settings)).start()
     yield running
     running.stop()
 
@@ -823,17 +820,15 @@ def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
 
 
 @pytest.fixture
-def own_redis(tmp_path):
+def own_redis(start, tmp_path):
     """A redis-server for this test alone, to stop and start; it keeps its data on disk (--appendonly yes)."""
-    redis = start_redis_server(tmp_path, persistent=True)
-    yield redis
-    redis.stop()
+    return start(RedisServer(tmp_path, persistent=True))
 
 
 @pytest.fixture
 def server_on_own_redis(own_redis):
     """A live server keeping its chat in `own_redis`."""
-    app = create_app({"TESTING": True, "REDIS_URL": own_redis.url})
+    app = create_app({"TESTING": True, **redis_settings(own_redis.url)})
     live = LiveServer(app)
     yield live
     live.stop()

@@ -21,7 +21,8 @@ from websockets.sync.client import connect
 from app import create_app
 from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_joining_while_others_post,
                      close_app, close_code_received, flood_with_likes, frames_left, handshake, history,
-                     masked_text_frame, raw_websocket, read_server_frame, receive_json, receive_until, send_frame, texts, wait_until)
+                     masked_text_frame, raw_websocket, read_server_frame, receive_json, receive_until, send_frame,
+                     texts, wait_until)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 

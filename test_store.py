@@ -7,7 +7,6 @@ from datetime import datetime, timezone
 import pytest
 
 from helpers import BOTH_STORES
-from store import Store
 
 pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
 
