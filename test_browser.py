@@ -12,18 +12,15 @@ Without Chromium these tests are skipped, except on CI (CI=true), where a
 missing browser is an error: a green CI must mean the browser tests ran.
 """
 
-import json
 import re
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from app import create_app
 from helpers import (BOTH_STORES, ON_CI, FlaskRun, LiveServer, RedisServer, close_app, flask_env, redis_settings,
-                     wait_until)
+                     request, wait_until)
 
 try:
     from playwright.sync_api import expect
@@ -136,14 +133,10 @@ def vote_button(item, name):
 
 
 def post_message(base_url, user, text):
-    """Send a message with a plain HTTP POST, as curl would; return the stored message."""
-    request = urllib.request.Request(
-        base_url + "/messages",
-        data=json.dumps({"user": user, "text": text}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    """Send a message with a plain HTTP POST, as curl would; return the stored message, or fail."""
+    answer = request("POST", base_url + "/messages", {"user": user, "text": text})
+    assert answer.status == 201, f"{answer.status}: {answer.body[:200]!r}"
+    return answer.json
 
 
 def post_lines(base_url, count):
@@ -157,13 +150,18 @@ def lines(first, last):
     return [re.compile(f"Line {number:02}") for number in range(first, last + 1)]
 
 
+def let_the_page_run_until(page, condition, complaint):
+    """Let the page run (up to 5 s) until `condition()` holds; fail with `complaint` if it doesn't."""
+    for _ in range(250):
+        if condition():
+            return
+        page.wait_for_timeout(20)  # the page's events, the test's handlers included, run meanwhile
+    raise AssertionError(complaint)
+
+
 def wait_for_held_request(page, held, complaint):
     """Let the page run (up to 5 s) until it has made a request that the test's route holds in `held`."""
-    for _ in range(250):
-        if held:
-            return
-        page.wait_for_timeout(20)  # the page's events, the route's handler included, run meanwhile
-    raise AssertionError(complaint)
+    let_the_page_run_until(page, lambda: held, complaint)
 
 
 def other_page(path):
@@ -173,10 +171,9 @@ def other_page(path):
 
 def server_refusal(base_url, user, text):
     """The server's own words for why it refuses to store this message."""
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        post_message(base_url, user, text)
-    assert refused.value.code == 400
-    return json.load(refused.value)["error"]
+    refused = request("POST", base_url + "/messages", {"user": user, "text": text})
+    assert refused.status == 400
+    return refused.json["error"]
 
 
 # Two people, two transports
@@ -674,8 +671,7 @@ def test_plain_polling_asks_every_interval_without_waiting(server, open_page):
     post_message(server.url, "Azin", "Seen at the next ask")
 
     expect(message(page, "Seen at the next ask")).to_be_visible()
-    page.wait_for_timeout(2500)
-    assert len(asked) >= 2
+    let_the_page_run_until(page, lambda: len(asked) >= 3, "the page did not ask again within 5 s")
     assert all("wait=0" in url for url in asked), asked
     expect(page.get_by_role("heading", name="Plain polling (every 1 s)")).to_be_visible()
 
@@ -842,13 +838,11 @@ def post_once_redis_answers(base_url, user, text):
     and flood control counts the refused asks too, so the wait is Retry-After's.
     """
     def posted():
-        try:
-            post_message(base_url, user, text)
-        except urllib.error.HTTPError as error:
-            if error.code not in (503, 429):
-                raise
-            time.sleep(int(error.headers["Retry-After"]))
+        answer = request("POST", base_url + "/messages", {"user": user, "text": text})
+        if answer.status in (503, 429):
+            time.sleep(int(answer.headers["Retry-After"]))
             return False
+        assert answer.status == 201, f"{answer.status}: {answer.body[:200]!r}"
         return True
 
     wait_until(posted)
