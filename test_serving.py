@@ -26,9 +26,12 @@ from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_jo
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 
-# Short timers, so that no test waits out the real ones: a connection that completes no
-# request is closed after REQUEST_SECONDS (default 10).
-QUICK = {"FLASK_REQUEST_SECONDS": "1"}
+# Shorter timers than the real ones, so that no test waits them out: a connection that completes
+# no request is closed after REQUEST_SECONDS (default 10). Long enough for the other clients of
+# a test to be served while it lasts.
+QUICK = {"FLASK_REQUEST_SECONDS": "3"}
+# At the open-file limit, the idle connections must outlast the measurement of the CPU used there.
+AT_THE_LIMIT = {"FLASK_REQUEST_SECONDS": "8"}
 
 
 # The WebSocket protocol under gunicorn
@@ -206,9 +209,9 @@ def cpu_seconds(pid):
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
 def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, start, tmp_path):
     if kind == "gunicorn":
-        server = start(Gunicorn(env=QUICK, log=tmp_path / "server.log", open_files=64))
+        server = start(Gunicorn(env=AT_THE_LIMIT, log=tmp_path / "server.log", open_files=64))
     else:
-        server = start(FlaskRun(env=QUICK, log=tmp_path / "server.log", open_files=64))
+        server = start(FlaskRun(env=AT_THE_LIMIT, log=tmp_path / "server.log", open_files=64))
     processes = [server.process.pid] + [int(pid) for pid in subprocess.run(
         ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()]
     idle = []
@@ -220,6 +223,8 @@ def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recove
         time.sleep(3)
         used = sum(map(cpu_seconds, processes)) - used_before
         assert used < 1.5, f"{used:.1f} s of CPU in 3 s at the open-file limit: spinning"
+        with pytest.raises(BlockingIOError):  # still held open: it was measured at the limit
+            idle[0].recv(1, socket.MSG_DONTWAIT)
         # The idle connections are closed after REQUEST_SECONDS, and a new client is served.
         assert server.request("GET", "/", timeout=60).status == 200
     finally:
