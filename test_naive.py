@@ -14,6 +14,8 @@ on Linux), and as much again, in messages of about 900 characters.
 
 import itertools
 import json
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def stop_reading_and_send(server):
     server.stalled = raw_websocket(server.port, server.path, receive_buffer=4096)
     # No limit on what these clients queue unread: neither may slow the server down.
     reader = server.connect(server.path, max_queue=None)
-    sender = server.connect(server.path, max_queue=None)
+    server.sender = sender = server.connect(server.path, max_queue=None)
     receive_json(reader), receive_json(sender)
     for number in range(messages_to_send()):
         sender.send(json.dumps({"command": "send-message", "message": {"user": "bench", "text": f"{number} {TEXT}"}}))
@@ -105,7 +107,11 @@ def test_with_a_loop_over_the_sockets_one_client_that_stops_reading_stops_everyo
     newcomer = broadcast.connect(broadcast.path)
     with pytest.raises(TimeoutError):  # its route waits for the lock that the stuck loop holds
         newcomer.recv(timeout=NEWCOMER_SECONDS)
-    broadcast.stalled.close()  # which lets the loop go at last
+    broadcast.stalled.close()  # which lets the loop go at last...
+    # ...through the thousands of frames it has still to read from the sender: drop them with a reset,
+    # else the other clients' closing handshakes wait behind them.
+    broadcast.sender.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    broadcast.sender.socket.close()
 
 
 @pytest.mark.parametrize("broadcast", ["step 3", "app"], indirect=True)
