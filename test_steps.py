@@ -15,6 +15,7 @@ import importlib.metadata
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -263,6 +264,38 @@ def test_the_readmes_whole_app_snippet_runs_when_pasted_into_an_empty_folder(tmp
         chat_with(running.url, "1-hello")
     finally:
         running.stop()
+
+
+# The tutorial, steps/README.md: its excerpts are the steps' code
+
+
+TUTORIAL = STEPS / "README.md"
+# A fenced block marked as coming from a step: ```python 2-polling/app.py, or ```diff 3-websocket for a part
+# of `diff -ruN` from the step before to that one.
+EXCERPT = re.compile(r"^```(\w+) ([\w./-]+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def tutorial_excerpts():
+    """(kind, where, text) for each excerpt of the tutorial, in order."""
+    return EXCERPT.findall(TUTORIAL.read_text())
+
+
+def test_the_tutorial_quotes_every_step_and_a_diff():
+    quoted = {where.split("/")[0] for kind, where, text in tutorial_excerpts()}
+    assert quoted == set(ALL_STEPS)
+    assert any(kind == "diff" for kind, where, text in tutorial_excerpts())
+
+
+@pytest.mark.parametrize("kind, where, text", tutorial_excerpts(),
+                         ids=[f"{where}-{n}" for n, (kind, where, text) in enumerate(tutorial_excerpts())])
+def test_each_excerpt_in_the_tutorial_appears_verbatim_in_the_step_it_names(kind, where, text):
+    if kind == "diff":
+        before = ALL_STEPS[ALL_STEPS.index(where) - 1]
+        found = subprocess.run(["diff", "-ruN", "-x", "__pycache__", before, where], cwd=STEPS,
+                               capture_output=True, text=True).stdout
+    else:
+        found = (STEPS / where).read_text()
+    assert text in found, f"{where} no longer holds this excerpt of steps/README.md:\n{text}"
 
 
 # Step 1: hello

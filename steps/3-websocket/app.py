@@ -21,7 +21,7 @@ messages = []  # message n, whose id is n, is messages[n - 1]: the cursor is how
 changed = threading.Condition()  # held to read or change `messages`; notified at each change
 
 
-@sock.route("/hello/ws")  # step 1's socket, kept: try it with `python -m websockets ws://127.0.0.1:5000/hello/ws`
+@sock.route("/hello/ws")  # step 1's socket, kept: steps/README.md tries it from the browser's console
 def hello(ws):
     ws.send("Hello")
     while True:

@@ -22,7 +22,7 @@ changes = []  # the id of the message each change changed: the cursor is how man
 changed = threading.Condition()  # held to read or change the lists; notified at each change
 
 
-@sock.route("/hello/ws")  # step 1's socket, kept: try it with `python -m websockets ws://127.0.0.1:5000/hello/ws`
+@sock.route("/hello/ws")  # step 1's socket, kept: steps/README.md tries it from the browser's console
 def hello(ws):
     ws.send("Hello")
     while True:
