@@ -298,6 +298,28 @@ def test_each_excerpt_in_the_tutorial_appears_verbatim_in_the_step_it_names(kind
     assert text in found, f"{where} no longer holds this excerpt of steps/README.md:\n{text}"
 
 
+def headings(markdown_file):
+    """The anchors GitHub makes of a Markdown file's headings: lower case, punctuation gone, spaces as hyphens."""
+    titles = re.findall(r"^#+ (.+)$", markdown_file.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-") for title in titles}
+
+
+@pytest.mark.parametrize("markdown_file, part", [(TUTORIAL, slice(None)), (PROJECT / "README.md", slice(0, 1))],
+                         ids=["steps/README.md", "README.md, down to its first step"])
+def test_the_tutorials_and_the_maps_links_lead_to_files_and_headings_that_exist(markdown_file, part):
+    text = "".join(markdown_file.read_text().split("## First step")[part])
+    links = re.findall(r"\]\(([^)\s]+)\)|src=\"([^\"]+)\"", text)
+    assert links
+    for link in (target or source for target, source in links):
+        if link.startswith("http"):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (markdown_file.parent / path).resolve() if path else markdown_file
+        assert target.exists(), link
+        if anchor:
+            assert anchor in headings(target), link
+
+
 # Step 1: hello
 
 
