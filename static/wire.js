@@ -7,6 +7,7 @@
 // unchanged, and the chat never waits for it.
 
 const MOST_ROWS = 300; // older rows go, so a page left open for a day stays light
+const utf8 = new TextEncoder();
 const totals = { requests: 0, requestBytes: 0, answers: 0, answerBytes: 0,
                  framesSent: 0, sentBytes: 0, framesReceived: 0, receivedBytes: 0 };
 
@@ -52,11 +53,12 @@ export async function wiredFetch(url, options = {}) {
   return response;
 }
 
-/** List a WebSocket's open, each frame it receives, and its close. */
+/** List a WebSocket's open, each frame it receives, and its close: each a moment later, after the chat's turn. */
 export function watchSocket(socket) {
-  socket.addEventListener("open", () => add("", `open ${socket.url}`));
-  socket.addEventListener("message", (event) => frame("↓", event.data));
-  socket.addEventListener("close", (event) => add("", `close ${event.code}${event.reason ? ` “${event.reason}”` : ""}`));
+  socket.addEventListener("open", () => setTimeout(add, 0, "", `open ${socket.url}`));
+  socket.addEventListener("message", (event) => setTimeout(frame, 0, "↓", event.data));
+  socket.addEventListener("close", (event) => setTimeout(add, 0, "", `close ${event.code}` +
+    (event.reason ? ` “${event.reason}”` : "")));
 }
 
 /** List a frame about to be sent, and hand it back unchanged: socket.send(sent(text)). */
@@ -99,7 +101,7 @@ function show(open) {
 }
 
 // (Declared as functions, not constants: the panel above uses them while the module loads.)
-function bytes(text) { return new TextEncoder().encode(text).length; } // UTF-8, as it travels
+function bytes(text) { return utf8.encode(text).length; } // UTF-8, as it travels
 function size(n) { return n < 1000 ? `${n} B` : `${n} B (${(n / 1000).toFixed(1)} kB)`; }
 function count(n, noun) { return `${n} ${noun}${n === 1 ? "" : "s"}`; }
 function duration(ms) { return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`; }
