@@ -4,7 +4,7 @@
 // The transports call it where they already send and receive: http.js fetches
 // through wiredFetch(), websocket.js hands each socket to watchSocket() and each
 // frame it sends through sent(). It only watches: what the chat sends is
-// unchanged, and the chat never waits for it.
+// unchanged, and the chat waits for nothing it wouldn't wait for anyway.
 
 const MOST_ROWS = 300; // older rows go, so a page left open for a day stays light
 const utf8 = new TextEncoder();
@@ -22,8 +22,10 @@ panel.append(element("p", "Payloads only: the sizes count what the page sent and
 const toggle = element("button", "", { type: "button", className: "wire-toggle" });
 toggle.setAttribute("aria-controls", "wire");
 toggle.addEventListener("click", () => show(panel.hidden));
-document.querySelector("header").append(toggle);
-document.querySelector("footer").before(panel);
+// The button goes with the page's title and status, the panel below the chat (or at the end of a page without).
+(document.querySelector("header") ?? document.body).append(toggle);
+const footer = document.querySelector("footer");
+if (footer) footer.before(panel); else document.body.append(panel);
 show(new URLSearchParams(location.search).get("wire") === "1");
 showTotals();
 
