@@ -49,13 +49,16 @@ class PageOpener:
         self.contexts = []
         self.problems = []
 
-    def __call__(self, url, network_errors_expected=False, init_script=None, **context_options):
+    def __call__(self, url, network_errors_expected=False, init_script=None, clock=False, **context_options):
         """Open `url` as a new person; `context_options` set their time zone, locale, ...
 
-        `init_script` runs in the page before the page's own scripts.
+        `init_script` runs in the page before the page's own scripts. With `clock`,
+        the page's timers run on Playwright's clock, so that `retry_now` can skip a wait.
         """
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
+        if clock:
+            context.clock.install()  # time still flows as ever, until a test moves it on
         if init_script:
             context.add_init_script(init_script)
         page = context.new_page()
@@ -164,6 +167,15 @@ def wait_for_held_request(page, held, complaint):
     let_the_page_run_until(page, lambda: held, complaint)
 
 
+def retry_now(page):
+    """Skip the wait before the page's next try to reach the server (its backoff, up to about 6 s).
+
+    The page must have been opened with `clock=True`. Should it be trying
+    right now instead, it waits as ever: this only saves time.
+    """
+    page.clock.fast_forward(7000)
+
+
 def other_page(path):
     """The chat page that `path` is not."""
     return "/websocket" if path == "/polling" else "/polling"
@@ -250,7 +262,7 @@ def test_hello_page_says_when_the_server_went_away(flask_run, open_page):
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status = page.get_by_role("status")
     send(page, "Azin", "Before the restart, one")
     expect(messages(page)).to_have_count(1)
@@ -264,6 +276,7 @@ def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
     # Same port, new process: a new empty store with a new epoch. Its message 1
     # is not the old message 1, so the page must throw the old ones away.
     flask_run.start()
+    retry_now(page)
     post_message(flask_run.url, "Ben", "After the restart, one")
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(messages(page)).to_have_text([re.compile("After the restart, one")])
@@ -277,7 +290,7 @@ def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
 @pytest.mark.parametrize("store_kind", ["redis"])
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status = page.get_by_role("status")
     send(page, "Azin", "Before the restart")
     expect(messages(page)).to_have_count(1)
@@ -285,6 +298,7 @@ def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, ope
     flask_run.stop()
     expect(status).to_have_text("reconnecting")
     flask_run.start()  # a new process, the same Redis: the same chat, the same epoch
+    retry_now(page)
     post_message(flask_run.url, "Ben", "After the restart")
 
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
@@ -801,7 +815,7 @@ def test_shift_enter_in_the_message_field_adds_a_line_and_enter_sends(server, op
 def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
         flask_run, open_chat, path):
     # On Redis the restarted server has the same chat: no reset clears the page.
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
     flask_run.stop()
     expect(status).to_have_text("reconnecting")
@@ -809,6 +823,7 @@ def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
     expect(alert).to_be_visible()
 
     flask_run.start()
+    retry_now(page)
 
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
@@ -853,12 +868,13 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
         server_on_own_redis, own_redis, open_page, path):
     own_redis.stop()
 
-    page = open_page(server_on_own_redis.url + path, network_errors_expected=True)  # 503s
+    page = open_page(server_on_own_redis.url + path, network_errors_expected=True, clock=True)  # 503s
 
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
     expect(status).to_have_text("reconnecting")
     expect(alert).to_contain_text("can't be reached")
     own_redis.start()
+    retry_now(page)
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
 
@@ -866,13 +882,14 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_once_redis_is_back_no_error_from_while_it_was_down_stays(
         server_on_own_redis, own_redis, open_chat, path):
-    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True)
+    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True, clock=True)
     alert = page.get_by_role("alert")
     own_redis.stop()
     send(page, "Azin", "While Redis is down")
     expect(alert).to_contain_text("can't be reached")
 
     own_redis.start()
+    retry_now(page)
 
     expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden(timeout=RECONNECT_TIMEOUT)
@@ -884,7 +901,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
         server_on_own_redis, own_redis, open_chat, path):
     server = server_on_own_redis
     post_message(server.url, "Azin", "Kept by Redis")
-    page = open_chat(server.url + path, network_errors_expected=True)
+    page = open_chat(server.url + path, network_errors_expected=True, clock=True)
     expect(message(page, "Kept by Redis")).to_be_visible()
     epoch = server.get("/messages")["epoch"]
 
@@ -892,6 +909,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
     # have lost changes), but here the same messages.
     own_redis.stop()
     own_redis.start()
+    retry_now(page)
     post_once_redis_answers(server.url, "Ben", "After Redis restarted")
     assert server.get("/messages")["epoch"] != epoch
 
