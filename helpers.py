@@ -130,15 +130,6 @@ def request(method, url, body=None, headers=None, timeout=PROMPTLY, **options):
         connection.close()
 
 
-def answers(url, **options):
-    """True if `url` gets an HTTP answer at all (while a server starts, it may not)."""
-    try:
-        request("GET", url, timeout=2, **options)
-        return True
-    except OSError:
-        return False
-
-
 class Client:
     """What a test does with a server at `self.url`: HTTP requests and WebSocket clients.
 
