@@ -417,7 +417,7 @@ def frames_left(ws):
 
 def texts(frames):
     """All message texts in a list of answers or `messages` frames, in the order received."""
-    return [m["text"] for frame in frames for m in frame["messages"]]
+    return [m["text"] for frame in frames for m in frame.get("messages", ())]  # not in `status` frames
 
 
 def send_frame(ws, command):
