@@ -70,6 +70,7 @@ def create_app(test_config=None):
         store = Store(**sizes)
         changes_per_address = BucketPerAddress(rate)
         socket_places, long_poll_places = Places(websockets, per_address), Places(long_polls, per_address)
+    app.logger.info("The chat is kept %s.", serving.store_name(app.config["REDIS_URL"]))
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,

@@ -1,41 +1,56 @@
-"""Serving the app: how many sockets fit, connections that say nothing, clean stops, proxies.
+"""Serving the app: how many sockets fit, requests that take too long, clean stops, proxies.
 
 A server can hold only so many connections at once: under `flask run` each
 takes a thread and open files, under gunicorn (gunicorn.conf.py) each takes one
 of the worker's `worker_connections`. A WebSocket or a long poll keeps its
 connection for minutes, a page or an API request for milliseconds. So sockets
-and long polls get a share, and beyond it a 503 before the upgrade, while the
-rest stays free for pages and the API.
+and long polls get a share (`capacity`), and beyond it a 503 before the
+upgrade, while the rest stays free for pages and the API.
 
-`init_app` adjusts werkzeug's development server, which `flask run` builds
-after `create_app`:
+`init_app` wraps the app, under every server, so that:
+- `TRUSTED_PROXIES` proxies in front of the app are believed about who the
+  client is (werkzeug's ProxyFix): flood control counts per client address;
+- a request body must arrive within REQUEST_SECONDS, however it trickles (408);
+- a refused body (403, 408, 413, 415, 429) is not read on: the answer says
+  `Connection: close`, and the socket's reading side is shut, so the server's
+  own "discard the rest of the body" loop ends as soon as nothing is waiting.
 
-- a connection that completes no request within REQUEST_SECONDS (silent, or a
-  TLS handshake that never starts) is closed, and the TLS handshake happens in
-  the connection's own thread, so it holds up no one else;
+Under `flask run`, and only there, it also changes werkzeug's development
+server, which `flask run` builds after `create_app`, by naming our subclass as
+`werkzeug.serving.ThreadedWSGIServer` (the class `make_server` builds):
+- a request, headers and body, must arrive within REQUEST_SECONDS of the
+  connection's start (silent, trickled, or a TLS handshake that never starts),
+  and nothing is read after the answer (werkzeug would read on for 10 GB);
+- the TLS handshake happens in the connection's own thread, not the one that
+  accepts everyone's connections;
 - out of open files, the server pauses instead of spinning;
 - stopping (Ctrl+C, SIGTERM) closes every WebSocket with 1001, "going away".
-
-It also believes `TRUSTED_PROXIES` proxies in front of the app about who the
-client is (werkzeug's ProxyFix): flood control counts per client address.
+Flask's own hooks can't do this: they run inside a request, after the server
+has accepted, handshaken and read it, and `flask run` offers no option for the
+server class or request handler it passes to werkzeug's `run_simple`.
+gunicorn has its own answers, set in gunicorn.conf.py; tests and a Python
+shell get werkzeug untouched.
 """
 
 import atexit
 import errno
+import io
 import os
 import resource
 import signal
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
+import click
+import flask.cli
 import werkzeug.serving
+from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import connection
 
-# A connection that completes no request within this many seconds is closed.
-REQUEST_SECONDS = 10
 # Out of open files, wait this long before accepting again.
 OUT_OF_FILES_PAUSE = 0.5
 # gunicorn.conf.py tells the app, through this environment variable, how many
@@ -46,17 +61,35 @@ CONNECTIONS_VARIABLE = "CHAT_WORKER_CONNECTIONS"
 # Together they may use three quarters of the limit; the rest is kept for
 # pages, API requests and log files.
 FILES_PER_WEBSOCKET = 2
+# Answers that refuse a request without reading its body.
+REFUSALS = {403, 408, 413, 415, 429}
 
 
 def init_app(app):
-    """Serve `app` as this module says: proxies believed, idle connections closed, clean stops."""
+    """Serve `app` as this module says: proxies believed, slow and refused bodies cut off, flask run hardened."""
+    app.config.setdefault("REQUEST_SECONDS", 10)
+    seconds = float(app.config["REQUEST_SECONDS"])
+    app.wsgi_app = BodyDeadline(app.wsgi_app, seconds)
     proxies = int(app.config["TRUSTED_PROXIES"])
     if proxies:
         # Each proxy appends the address it got the request from to X-Forwarded-For;
         # believe only the last `proxies` entries, the ones our own proxies wrote.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
-    # flask run calls make_server, which builds the server class named here.
-    werkzeug.serving.ThreadedWSGIServer = ThreadedServer
+    command = click.get_current_context(silent=True)
+    if command is not None and command.command is flask.cli.run_command:
+        RequestHandler.request_seconds = seconds
+        werkzeug.serving.ThreadedWSGIServer = ThreadedServer
+
+
+def store_name(redis_url):
+    """Name the store for the start-up log: in memory, or the Redis URL without its password."""
+    if not redis_url:
+        return "in this process's memory (one process only; set FLASK_REDIS_URL to share it)"
+    parts = urlsplit(redis_url)
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        parts = parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1])
+    return f"in Redis at {parts.geturl()}"
 
 
 def capacity(app):
@@ -90,12 +123,137 @@ def open_file_limit():
     return soft
 
 
-class RequestHandler(werkzeug.serving.WSGIRequestHandler):
-    """werkzeug's request handler, which gives up on a connection that says nothing for REQUEST_SECONDS."""
+def client_socket(environ):
+    """The client's socket, as werkzeug and gunicorn hand it to the app (flask-sock uses the same keys)."""
+    return environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
 
-    # socketserver sets it on the connection: each read (a TLS handshake's
-    # included) and write waits at most this long. A WebSocket lifts it (connection.py).
-    timeout = REQUEST_SECONDS
+
+class BodyDeadline:
+    """WSGI middleware: a body that takes longer than `seconds` gets 408; a refused body is not read on."""
+
+    def __init__(self, wsgi_app, seconds):
+        self.wsgi_app = wsgi_app
+        self.seconds = seconds
+
+    def __call__(self, environ, start_response):
+        raw = client_socket(environ)
+        if raw is not None:  # a real server, not Flask's test client
+            environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], raw, time.monotonic() + self.seconds)
+        refused = False
+
+        def start(status, headers, exc_info=None):
+            nonlocal refused
+            refused = int(status[:3]) in REFUSALS
+            if refused:
+                headers = [*headers, ("Connection", "close")]
+            return start_response(status, headers, exc_info)
+
+        answer = self.wsgi_app(environ, start)
+        if not (refused and raw is not None):
+            return answer
+        return self.then_stop_reading(answer, raw)
+
+    @staticmethod
+    def then_stop_reading(answer, raw):
+        """Send `answer`, then shut the socket for reading: the server's drain of the body ends at once."""
+        try:
+            yield from answer
+            # gunicorn ignores an application's `Connection: close` and, to serve
+            # the next request, would read the rest of the body first: with
+            # reading shut, the socket gives what has arrived, then its end.
+            try:
+                raw.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # the client has gone already
+        finally:
+            if hasattr(answer, "close"):
+                answer.close()
+
+
+class DeadlineInput:
+    """A request body (`wsgi.input`) whose every read waits at most until the deadline; then 408."""
+
+    def __init__(self, body, raw, deadline):
+        self.body = body
+        self.raw = raw
+        self.deadline = deadline
+
+    def read(self, *size):
+        return self.before_deadline(self.body.read, *size)
+
+    def readline(self, *size):
+        return self.before_deadline(self.body.readline, *size)
+
+    def readlines(self, *hint):
+        return self.before_deadline(self.body.readlines, *hint)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def before_deadline(self, read, *args):
+        """Call `read(*args)` with the socket's timeout set to the time left; raise 408 past the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout("The request's body took too long to arrive.")
+        timeout = self.raw.gettimeout()
+        self.raw.settimeout(left)
+        try:
+            return read(*args)
+        except TimeoutError:
+            raise RequestTimeout("The request's body took too long to arrive.") from None
+        finally:
+            self.raw.settimeout(timeout)
+
+
+# werkzeug's development server, as flask run builds it
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection as werkzeug reads a request from it: nothing past the deadline, nothing after the answer."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        handler = self.handler
+        if handler.answered:
+            return 0  # werkzeug would read on for up to 10 GB, to discard it
+        left = handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("The request took too long to arrive.")
+        handler.connection.settimeout(left)
+        try:
+            return handler.connection.recv_into(buffer)
+        finally:
+            handler.connection.settimeout(handler.timeout)
+
+
+class RequestHandler(werkzeug.serving.WSGIRequestHandler):
+    """werkzeug's request handler, which gives a request REQUEST_SECONDS from the connection's start."""
+
+    request_seconds = 10  # set by init_app from the app's REQUEST_SECONDS
+    # socketserver sets it on the connection, for each write. A WebSocket lifts it (connection.py).
+    timeout = request_seconds
+
+    def setup(self):
+        """Read requests through a DeadlineReader."""
+        self.timeout = self.request_seconds
+        super().setup()
+        self.rfile = io.BufferedReader(DeadlineReader(self))
+
+    def handle_one_request(self):
+        """Read and answer one request, which must arrive within REQUEST_SECONDS."""
+        self.deadline = time.monotonic() + self.request_seconds
+        self.answered = False
+        super().handle_one_request()
+
+    def end_headers(self):
+        """Send the answer's headers; werkzeug closes the connection after the answer, so stop reading."""
+        self.answered = True
+        super().end_headers()
 
 
 class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
@@ -121,11 +279,19 @@ class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
             raise
 
     def serve_forever(self, poll_interval=0.5):
-        """Serve until Ctrl+C or SIGTERM."""
-        # Signals reach the main thread only (with --debug, the server runs in another).
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
-        super().serve_forever(poll_interval)
+        """Serve until Ctrl+C or SIGTERM, then close every WebSocket with 1001."""
+        if threading.current_thread() is not threading.main_thread():
+            # --debug: the server runs in a thread, and werkzeug's reloader ends
+            # the process (Ctrl+C, SIGTERM, a saved file) from the main thread.
+            atexit.register(close_websockets)
+            super().serve_forever(poll_interval)
+            return
+        # Python's default SIGTERM ends at once; as Ctrl+C, werkzeug stops serving.
+        signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            close_websockets()
 
 
 def close_websockets():
@@ -133,11 +299,6 @@ def close_websockets():
     connection.close_all()
 
 
-# However flask run ends (Ctrl+C, or SIGTERM as below), pages hear why. (gunicorn
-# waits for its threads before this runs: gunicorn.conf.py closes the sockets first.)
-atexit.register(close_websockets)
-
-
 def stop_as_on_ctrl_c(signum, frame):
-    """Stop the server as Ctrl+C does: werkzeug ends, and the atexit hook closes the WebSockets."""
+    """Stop the server as Ctrl+C does."""
     raise KeyboardInterrupt

@@ -172,9 +172,12 @@ def flask_run(tmp_path, **env):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path):
+def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path,
+                                                                                    request):
     if kind == "gunicorn":
-        server = Gunicorn(options=["-w", "2"], log=tmp_path / "server.log").start()
+        # Two workers share one chat through Redis (without it, gunicorn.conf.py refuses to start).
+        redis_url = request.getfixturevalue("redis_server").url
+        server = Gunicorn({"FLASK_REDIS_URL": redis_url}, options=["-w", "2"], log=tmp_path / "server.log").start()
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
         wait_until(lambda: (tmp_path / "server.log").read_text().count("Room for") == 2)
     else:
