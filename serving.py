@@ -33,18 +33,21 @@ shell get werkzeug untouched.
 """
 
 import atexit
+import contextlib
 import errno
 import io
 import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
 
 import click
 import flask.cli
+from flask.helpers import get_debug_flag
 import werkzeug.serving
 from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -79,6 +82,13 @@ def init_app(app):
     if command is not None and command.command is flask.cli.run_command:
         RequestHandler.request_seconds = seconds
         werkzeug.serving.ThreadedWSGIServer = ThreadedServer
+        reloads = command.params.get("reload")
+        if reloads is None:  # as flask run decides: with --debug
+            reloads = get_debug_flag()
+        if reloads and werkzeug.serving.is_running_from_reloader():
+            stop_when_the_reloader_asks()
+        elif reloads:
+            pass_stops_to_the_served_process()
 
 
 def store_name(redis_url):
@@ -191,18 +201,28 @@ class DeadlineInput:
         return iter(self.readline, b"")
 
     def before_deadline(self, read, *args):
-        """Call `read(*args)` with the socket's timeout set to the time left; raise 408 past the deadline."""
+        """Call `read(*args)`, which may wait for bytes many times, until the deadline at most; then 408."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise RequestTimeout("The request's body took too long to arrive.")
         timeout = self.raw.gettimeout()
-        self.raw.settimeout(left)
+        self.raw.settimeout(left)  # for each wait; under werkzeug, DeadlineReader counts them together
         try:
-            return read(*args)
+            with whole_read_deadline(left):
+                return read(*args)
         except TimeoutError:
             raise RequestTimeout("The request's body took too long to arrive.") from None
         finally:
             self.raw.settimeout(timeout)
+
+
+def whole_read_deadline(seconds):
+    """Under gevent (gunicorn's worker), a deadline for every wait of a read together; else none."""
+    if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_patched("socket"):
+        import gevent
+
+        return gevent.Timeout(seconds, TimeoutError)
+    return contextlib.nullcontext()
 
 
 # werkzeug's development server, as flask run builds it
@@ -292,6 +312,42 @@ class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
             super().serve_forever(poll_interval)
         finally:
             close_websockets()
+
+
+# flask --debug run: a first process restarts, at every saved file, a second
+# process that serves. On SIGTERM, werkzeug's first process kills the second
+# with SIGKILL, which leaves no time to close the WebSockets. So it passes the
+# request on, through a pipe the second process inherits, and waits for it.
+STOP_VARIABLE = "CHAT_RELOADER_STOP_FD"
+
+
+def pass_stops_to_the_served_process():
+    """In the reloader's first process: on SIGTERM, ask the serving process to stop, and wait for it."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    os.environ[STOP_VARIABLE] = str(read_end)
+
+    def ask_to_stop(signum, frame):
+        os.write(write_end, b"!")
+
+    def after_werkzeug(event, args):
+        # werkzeug sets its SIGTERM handler after the app is created, then
+        # starts the serving process: take the handler back as it does.
+        if event == "subprocess.Popen" and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, ask_to_stop)
+
+    sys.addaudithook(after_werkzeug)
+
+
+def stop_when_the_reloader_asks():
+    """In the serving process: stop as on SIGTERM when the first process asks, or is gone."""
+    read_end = int(os.environ[STOP_VARIABLE])
+
+    def wait():
+        os.read(read_end, 1)  # a byte, or the end of the pipe if the first process died
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="waiting for the reloader", daemon=True).start()
 
 
 def close_websockets():

@@ -7,6 +7,7 @@ gunicorn.conf.py (the `gunicorn` fixture), where sockets wait in greenlets.
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -170,8 +172,17 @@ def flask_run(tmp_path, **env):
     return FlaskRun(free_port(), env=env, log=tmp_path / "flask.log")
 
 
+class FlaskDebugRun(FlaskRun):
+    """`flask --debug run`: a first process that restarts, at every saved file, a second that serves."""
+
+    name = "flask --debug run"
+
+    def command(self):
+        return [sys.executable, "-m", "flask", "--debug", "run", "--port", str(self.port)]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+@pytest.mark.parametrize("kind", ["flask run", "flask --debug run", "gunicorn"])
 def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path,
                                                                                     request):
     if kind == "gunicorn":
@@ -180,6 +191,8 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
         server = Gunicorn({"FLASK_REDIS_URL": redis_url}, options=["-w", "2"], log=tmp_path / "server.log").start()
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
         wait_until(lambda: (tmp_path / "server.log").read_text().count("Room for") == 2)
+    elif kind == "flask --debug run":
+        server = FlaskDebugRun(free_port(), log=tmp_path / "server.log").start()
     else:
         server = flask_run(tmp_path)
         server.start()
@@ -398,3 +411,165 @@ def test_under_gunicorn_a_client_that_never_reads_delays_no_one(gunicorn):
         assert [int(text.split()[0]) for text in texts(frames)] == list(range(total))
     finally:
         stalled.close()
+
+
+# Requests that trickle, and bodies that are refused
+
+
+def start_server(kind, tmp_path, env=None, options=()):
+    """Start the server `kind` ("flask run" or "gunicorn") on a free port, logging to the test's folder."""
+    if kind == "gunicorn":
+        return Gunicorn(env, options=options, log=tmp_path / "server.log").start()
+    return FlaskRun(free_port(), env=env, log=tmp_path / "server.log").start()
+
+
+# A request gets one second; gunicorn gives its line and headers its keep-alive time.
+QUICK = {"FLASK_REQUEST_SECONDS": "1"}
+QUICK_GUNICORN = ["--keep-alive", "1"]
+
+
+def trickle(port, first, then, pace=0.05, limit=60):
+    """Send `first`, then `then` a byte every `pace` seconds until the server closes; return all it answered.
+
+    Fail if the server still reads after `limit` seconds, or after `then` ran out.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
+    answer = b""
+    try:
+        raw.sendall(first)
+        deadline = time.monotonic() + limit
+        for byte in then:
+            assert time.monotonic() < deadline, f"still reading after {limit} s"
+            if select.select([raw], [], [], pace)[0]:
+                break  # an answer, or the end of the connection
+            try:
+                raw.send(bytes([byte]))
+            except OSError:  # closed: its answer, if any, is still to be read
+                break
+        else:
+            raise AssertionError("the server read the whole trickle")
+        while True:
+            try:
+                chunk = raw.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        raw.close()
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_headers_trickled_a_byte_at_a_time_are_cut_off_while_others_are_served(kind, tmp_path):
+    server = start_server(kind, tmp_path, QUICK, QUICK_GUNICORN if kind == "gunicorn" else ())
+    try:
+        endless_header = b"X-Slow: " + b"a" * 60000  # 50 minutes at this pace
+        with ThreadPoolExecutor() as pool:
+            trickling = pool.submit(trickle, server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                                    endless_header)
+            assert status_of(server.url + "/") == 200
+            assert trickling.result() == b""  # closed, with no answer to an unfinished request
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_a_body_trickled_a_byte_at_a_time_gets_408_and_closes_and_nothing_is_stored(kind, tmp_path):
+    server = start_server(kind, tmp_path, QUICK)
+    try:
+        body = json.dumps({"user": "slow", "text": "a" * 60000}).encode()
+        headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode()
+        answer = trickle(server.port, headers, body)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert history(server) == (0, [])
+    finally:
+        server.stop()
+
+
+def flood_after_headers(port, headers, limit=2**30):
+    """Send `headers`, then a body as fast as the connection takes it; return (the answer, bytes of body sent).
+
+    Fail if the server is still taking the body after `limit` bytes.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
+    answer, sent, chunk = b"", 0, b"x" * 2**20
+    try:
+        raw.sendall(headers)
+        while sent < limit:
+            if not answer and select.select([raw], [], [], 0)[0]:
+                answer = raw.recv(65536)
+            try:
+                sent += raw.send(chunk)
+            except OSError:  # closed by the server
+                break
+        else:
+            raise AssertionError(f"the server took {limit} bytes of a refused body")
+        if not answer:
+            answer = raw.recv(65536)
+    except ConnectionResetError:
+        pass
+    finally:
+        raw.close()
+    return answer, sent
+
+
+@pytest.mark.parametrize("refusal, content_type", [(413, "application/json"), (415, "text/plain")])
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_a_refused_endless_body_is_not_read_on_and_others_are_served(kind, refusal, content_type, tmp_path):
+    server = start_server(kind, tmp_path)
+    try:
+        headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                   f"Content-Length: {100 * 10**9}\r\n\r\n").encode()
+        with ThreadPoolExecutor() as pool:
+            flooding = [pool.submit(flood_after_headers, server.port, headers) for _ in range(2)]
+            assert status_of(server.url + "/") == 200
+            for flood in flooding:
+                answer, _ = flood.result()  # the server closed the connection, long before 1 GB
+                assert answer.startswith(f"HTTP/1.1 {refusal}".encode()), answer[:200]
+                if kind == "flask run":  # gunicorn writes its own Connection header, whatever the app says
+                    assert b"connection: close" in answer.lower()
+        assert status_of(server.url + "/") == 200
+    finally:
+        server.stop()
+
+
+# Mistakes refused or named
+
+
+def test_several_gunicorn_workers_without_redis_refuse_to_start_saying_what_to_set():
+    env = {key: value for key, value in os.environ.items() if key != "FLASK_REDIS_URL"}
+    refused = subprocess.run([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{free_port()}",
+                              "app:create_app()"], cwd=PROJECT, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0
+    assert "2 workers without FLASK_REDIS_URL would be 2 separate chats" in refused.stderr
+    assert "FLASK_REDIS_URL=redis://" in refused.stderr
+
+
+def test_the_start_up_log_names_the_in_memory_store(tmp_path):
+    server = start_server("flask run", tmp_path)
+    server.stop()
+    assert "The chat is kept in this process's memory" in (tmp_path / "server.log").read_text()
+
+
+def test_the_start_up_log_names_the_redis_store_without_its_password(caplog):
+    url = f"redis://chat:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens: the app starts anyway
+    with caplog.at_level("INFO"):
+        app = create_app({"TESTING": True, "REDIS_URL": url})
+    close_app(app)
+    assert "The chat is kept in Redis at redis://chat:***@127.0.0.1:" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_werkzeug_is_left_as_it_is_outside_flask_run():
+    import werkzeug.serving
+
+    import serving
+
+    app = create_app({"TESTING": True})
+    close_app(app)
+    assert werkzeug.serving.ThreadedWSGIServer is not serving.ThreadedServer
+    assert not issubclass(werkzeug.serving.ThreadedWSGIServer, serving.ThreadedServer)
