@@ -489,20 +489,23 @@ def test_a_body_trickled_a_byte_at_a_time_gets_408_and_closes_and_nothing_is_sto
         server.stop()
 
 
-def flood_after_headers(port, headers, limit=2**30):
-    """Send `headers`, then a body as fast as the connection takes it; return (the answer, bytes of body sent).
+def flood_after_headers(port, headers, limit=2**30, until=None, piece=b"x" * 2**20):
+    """Send `headers`, then `piece` again and again as fast as the connection takes it; return (the answer, bytes sent).
 
-    Fail if the server is still taking the body after `limit` bytes.
+    Fail if the server is still taking the body after `limit` bytes, unless the
+    event `until` was set first.
     """
     raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
-    answer, sent, chunk = b"", 0, b"x" * 2**20
+    answer, sent = b"", 0
     try:
         raw.sendall(headers)
-        while sent < limit:
+        while sent < limit or (until and until.is_set()):
+            if until and until.is_set():
+                break
             if not answer and select.select([raw], [], [], 0)[0]:
                 answer = raw.recv(65536)
             try:
-                sent += raw.send(chunk)
+                sent += raw.send(piece)
             except OSError:  # closed by the server
                 break
         else:
