@@ -43,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import flask.cli
@@ -78,17 +78,21 @@ def init_app(app):
         # Each proxy appends the address it got the request from to X-Forwarded-For;
         # believe only the last `proxies` entries, the ones our own proxies wrote.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
-    command = click.get_current_context(silent=True)
+    command = click.get_current_context(silent=True)  # the command line's, while flask run loads the app
     if command is not None and command.command is flask.cli.run_command:
-        RequestHandler.request_seconds = seconds
-        werkzeug.serving.ThreadedWSGIServer = ThreadedServer
-        reloads = command.params.get("reload")
-        if reloads is None:  # as flask run decides: with --debug
-            reloads = get_debug_flag()
-        if reloads and werkzeug.serving.is_running_from_reloader():
-            stop_when_the_reloader_asks()
-        elif reloads:
-            pass_stops_to_the_served_process()
+        harden_werkzeug(seconds, command.params.get("reload"))
+
+
+def harden_werkzeug(seconds, reloads):
+    """Make the server that flask run is about to build the one this module describes."""
+    RequestHandler.request_seconds = seconds
+    werkzeug.serving.ThreadedWSGIServer = ThreadedServer
+    if reloads is None:  # as flask run decides: with --debug
+        reloads = get_debug_flag()
+    if reloads and werkzeug.serving.is_running_from_reloader():
+        stop_when_the_reloader_asks()
+    elif reloads:
+        pass_stops_to_the_served_process()
 
 
 def store_name(redis_url):
@@ -97,9 +101,9 @@ def store_name(redis_url):
         return "in this process's memory (one process only; set FLASK_REDIS_URL to share it)"
     parts = urlsplit(redis_url)
     if parts.password is not None:
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        parts = parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1])
-    return f"in Redis at {parts.geturl()}"
+        host = parts.netloc.rsplit("@", 1)[1]
+        redis_url = urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
+    return f"in Redis at {redis_url}"
 
 
 def capacity(app):

@@ -102,6 +102,20 @@ def behind_nginx(request, tmp_path):
     app.stop()
 
 
+def test_through_nginx_one_address_holds_at_most_the_connections_the_cap_allows(behind_nginx, tmp_path):
+    (tmp_path / "capped").mkdir()
+    capped = Nginx(tmp_path / "capped", behind_nginx.app.port,
+                   {**SHORTER, "limit_conn chat_addresses 200;": "limit_conn chat_addresses 5;"})
+    try:
+        for _ in range(5):
+            assert receive_json(capped.connect())["command"] == "messages"
+        assert status_of(capped.url + "/") == 429  # the sixth, while the five WebSockets are open
+        capped.clients.close()
+        wait_until(lambda: status_of(capped.url + "/") == 200)
+    finally:
+        capped.stop()
+
+
 def post_as(url, text, forwarded_for):
     """POST a message claiming, in X-Forwarded-For, to come from `forwarded_for`; return the status."""
     request = urllib.request.Request(url + "/messages", data=json.dumps({"user": "a", "text": text}).encode(),
