@@ -12,8 +12,8 @@ upgrade, while the rest stays free for pages and the API.
   client is (werkzeug's ProxyFix): flood control counts per client address;
 - a request body must arrive within REQUEST_SECONDS, however it trickles (408);
 - a refused body (403, 408, 413, 415, 429) is not read on: the answer says
-  `Connection: close`, and the socket's reading side is shut, so the server's
-  own "discard the rest of the body" loop ends as soon as nothing is waiting.
+  `Connection: close`, and under gunicorn the socket's reading side is shut,
+  so its "discard the rest of the body" loop ends as soon as nothing is waiting.
 
 Under `flask run`, and only there, it also changes werkzeug's development
 server, which `flask run` builds after `create_app`, by naming our subclass as
@@ -163,18 +163,19 @@ class BodyDeadline:
             return start_response(status, headers, exc_info)
 
         answer = self.wsgi_app(environ, start)
-        if not (refused and raw is not None):
-            return answer
-        return self.then_stop_reading(answer, raw)
+        # gunicorn ignores an application's `Connection: close` and, to serve the
+        # next request, would read the rest of the body first. (Under flask run,
+        # RequestHandler reads nothing after an answer.)
+        if refused and "gunicorn.socket" in environ:
+            return self.then_stop_reading(answer, environ["gunicorn.socket"])
+        return answer
 
     @staticmethod
     def then_stop_reading(answer, raw):
         """Send `answer`, then shut the socket for reading: the server's drain of the body ends at once."""
         try:
             yield from answer
-            # gunicorn ignores an application's `Connection: close` and, to serve
-            # the next request, would read the rest of the body first: with
-            # reading shut, the socket gives what has arrived, then its end.
+            # With reading shut, the socket gives what has arrived, then its end.
             try:
                 raw.shutdown(socket.SHUT_RD)
             except OSError:
