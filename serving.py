@@ -137,11 +137,6 @@ def open_file_limit():
     return soft
 
 
-def client_socket(environ):
-    """The client's socket, as werkzeug and gunicorn hand it to the app (flask-sock uses the same keys)."""
-    return environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
-
-
 class BodyDeadline:
     """WSGI middleware: a body that takes longer than `seconds` gets 408; a refused body is not read on."""
 
@@ -150,7 +145,8 @@ class BodyDeadline:
         self.seconds = seconds
 
     def __call__(self, environ, start_response):
-        raw = client_socket(environ)
+        # The client's socket, as werkzeug and gunicorn hand it to the app (flask-sock reads the same keys).
+        raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
         if raw is not None:  # a real server, not Flask's test client
             environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], raw, time.monotonic() + self.seconds)
         refused = False
@@ -346,6 +342,8 @@ def pass_stops_to_the_served_process():
 
 def stop_when_the_reloader_asks():
     """In the serving process: stop as on SIGTERM when the first process asks, or is gone."""
+    if STOP_VARIABLE not in os.environ:
+        return  # started by another reloader than ours
     read_end = int(os.environ[STOP_VARIABLE])
 
     def wait():
