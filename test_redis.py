@@ -69,6 +69,13 @@ class Processes:
             server.stop()
 
 
+def receive_command(ws, command, timeout=10):
+    """Receive frames until one with `command`, skipping `status` frames (Redis comes and goes here); return it."""
+    while (frame := receive_json(ws, timeout))["command"] != command:
+        assert frame["command"] == "status", frame
+    return frame
+
+
 @pytest.fixture
 def open_socket():
     """A function that opens a real WebSocket client (python-websockets); all are closed after the test."""
@@ -352,8 +359,8 @@ def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_retur
         with urllib.request.urlopen(a.url + "/polling", timeout=5) as page:
             assert page.status == 200  # pages don't need Redis
         ws.send(json.dumps({"command": "like", "id": 1, "ref": "while-down"}))
-        error = receive_json(ws, timeout=10)
-        assert error["command"] == "error" and error["ref"] == "while-down"
+        error = receive_command(ws, "error")
+        assert error["ref"] == "while-down"
         assert "Redis" in error["error"]
 
         redis_server.start()  # same port, same folder
@@ -414,8 +421,8 @@ def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_e
                     assert response.status == 200  # pages don't need Redis
             ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
                                 "ref": "stalled"}))
-            error = receive_json(ws, timeout=10)
-            assert error["command"] == "error" and error["ref"] == "stalled" and "Redis" in error["error"]
+            error = receive_command(ws, "error")
+            assert error["ref"] == "stalled" and "Redis" in error["error"]
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
 
@@ -435,6 +442,45 @@ def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_e
         long_poll.join()
         assert texts([woken["answer"][1]]) == ["woken"]
         assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
+    finally:
+        processes.stop()
+        redis_server.stop()
+
+
+def test_a_stalled_redis_refuses_the_first_request_within_redis_seconds_and_sockets_hear_of_it_in_status_frames(
+        tmp_path, open_socket):
+    redis_server = start_redis_server(tmp_path)
+    processes = Processes(redis_server.url, tmp_path, count=1)  # REDIS_SECONDS 2; flood control runs too
+    [a] = processes.start()
+    try:
+        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
+        watching = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+        assert receive_json(watching)["command"] == "messages"
+
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # One deadline for the whole request: flood control and the write
+            # each waiting their 2 s would take 4 s, and this client gives up at 3.5.
+            request = urllib.request.Request(a.url + "/messages", headers={"Content-Type": "application/json"},
+                                             data=json.dumps({"user": "Azin", "text": "stalled"}).encode())
+            status, answer = answer_of(request, timeout=3.5)
+            assert status == 503 and "Redis" in answer["error"]
+            # A socket that only watches is told, and one that connects now hears it first.
+            down = receive_json(watching)
+            assert down["command"] == "status" and down["available"] is False and "Redis" in down["error"]
+            joining = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+            first = receive_json(joining)
+            assert first["command"] == "status" and first["available"] is False
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+        # Back: both hear it, once, and the one that joined gets its history.
+        assert receive_json(watching) == {"command": "status", "available": True}
+        assert receive_json(joining) == {"command": "status", "available": True}
+        assert texts([receive_json(joining)]) == ["before"]
+        assert post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201
+        for ws in (watching, joining):
+            assert texts([receive_json(ws)]) == ["after"]
     finally:
         processes.stop()
         redis_server.stop()
@@ -481,8 +527,8 @@ def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_
             assert status == 503 and reason in answer["error"]
             ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
                                 "ref": f"m-{n}"}))
-            error = receive_json(ws, timeout=10)
-            assert (error["command"], error["ref"]) == ("error", f"m-{n}") and reason in error["error"]
+            error = receive_command(ws, "error")
+            assert error["ref"] == f"m-{n}" and reason in error["error"]
         status, answer = answer_of(a.url + "/messages")
         if refusal == "out of memory":  # reads need no memory
             assert status == 200 and texts([answer]) == ["before"]
