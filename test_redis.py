@@ -575,6 +575,25 @@ def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(tmp_path)
 # The store alone
 
 
+def test_closing_a_redis_store_wakes_its_listener_instead_of_waiting_for_its_next_poll(shared_redis):
+    store = RedisStore(shared_redis.url, poll_seconds=60)
+    wait_until(lambda: store._listener.is_alive() and store.epoch)  # listening, and Redis answers
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(timeout=20)  # far less than the poll: only a wake-up ends it this soon
+    assert not closing.is_alive() and not store._listener.is_alive()
+
+
+def test_the_listener_reads_the_cursor_every_redis_poll_seconds_so_a_silent_flushall_is_noticed(
+        shared_redis, redis_store_on):
+    store = redis_store_on(shared_redis.url, poll_seconds=0.1)
+    store.add("Azin", "Hello!")
+    cursor = store.since(0)["cursor"]
+    wait_until(lambda: store.wait(cursor - 1, timeout=0))  # the listener has heard of it
+    shared_redis.client().flushall()  # publishes nothing
+    assert store.wait(cursor, timeout=20)  # a 60 s poll would not wake this in time
+
+
 class ReplyDropper:
     """A TCP proxy to Redis that can lose the reply to one command, as a dropped connection does."""
 
@@ -687,8 +706,8 @@ def redis_store_on():
     """A function that makes a RedisStore on a Redis URL, as one process has; all are closed after the test."""
     made = []
 
-    def make(url):
-        made.append(RedisStore(url))
+    def make(url, **settings):
+        made.append(RedisStore(url, **settings))
         return made[-1]
 
     yield make
