@@ -47,7 +47,7 @@ class Broadcaster:
         While the store is unavailable, the client hears why first; its first
         `messages` frame comes once the store can be read again.
         """
-        subscriber = Subscriber(connection, since, epoch)
+        subscriber = Subscriber(connection, since, epoch)  # not registered yet: no other thread feeds it
         subscriber.tell(self.store.unavailable)
         try:
             first = self.store.since(since, epoch)
@@ -64,7 +64,7 @@ class Broadcaster:
         # A round may have gone by while it joined: the cursor says what it lacks.
         # (If the store can't be reached now, the broadcaster's rounds catch it up later.)
         try:
-            subscriber.feed(self.store, {})
+            subscriber.feed(self.store, {}, unavailable=self.store.unavailable)
         except StoreUnavailable:
             pass
         return subscriber
@@ -99,20 +99,22 @@ class Broadcaster:
     def serve_round(self):
         """Send each subscriber what changed since its cursor; return (the latest cursor, whether anyone is behind)."""
         latest = self.store.cursor  # read first: a change after this wakes the next round
-        subscribers = self.tell_everyone(self.store.unavailable)
+        unavailable = self.store.unavailable
+        with self.lock:
+            subscribers = list(self.subscribers)
         frames = {}  # shared by everyone at the same cursor: each frame is built and encoded once
         someone_behind = False
         for subscriber in subscribers:
-            someone_behind |= subscriber.feed(self.store, frames, latest)
+            someone_behind |= subscriber.feed(self.store, frames, latest, unavailable)
         return latest, someone_behind
 
     def tell_everyone(self, unavailable):
-        """Tell each subscriber whether the store is available, if it last heard otherwise; return them."""
+        """Tell each subscriber that the store is unavailable, and why, unless it has heard already."""
         with self.lock:
             subscribers = list(self.subscribers)
         for subscriber in subscribers:
-            subscriber.tell(unavailable)
-        return subscribers
+            with subscriber.lock:
+                subscriber.tell(unavailable)
 
 
 class Subscriber:
@@ -127,14 +129,14 @@ class Subscriber:
         self.lock = threading.Lock()  # the route's thread and the broadcaster may both feed it
 
     def tell(self, unavailable):
-        """Send a `status` frame if the store's availability is not what this client last heard."""
-        with self.lock:
-            if bool(unavailable) != self.told_unavailable and self.connection.connected:
-                self.safely(self.connection.send, status_frame(unavailable))
-                self.told_unavailable = bool(unavailable)
+        """Send a `status` frame if the store's availability is not what this client last heard (lock held)."""
+        if bool(unavailable) != self.told_unavailable:
+            self.safely(self.connection.send, status_frame(unavailable))
+            self.told_unavailable = bool(unavailable)
 
-    def feed(self, store, frames, latest=None):
-        """Send what changed after this client's cursor, unless it is still taking its last frame.
+    def feed(self, store, frames, latest=None, unavailable=None):
+        """Say whether the store is available, if that changed; send what changed after this client's cursor,
+        unless it is still taking its last frame.
 
         `frames` maps (cursor, epoch) to a frame built this round, so clients at
         the same place share it. Return True if the client is still behind.
@@ -142,6 +144,7 @@ class Subscriber:
         with self.lock:
             if not self.connection.connected:
                 return False
+            self.tell(unavailable)
             if not self.safely(self.connection.push):
                 return True  # still taking its last frame: it skips this round
             place = (self.cursor, self.epoch)
