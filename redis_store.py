@@ -307,9 +307,11 @@ class RedisStore:
         try:
             return command(*args, **options)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            # Every request from now on is told at once, until the listener hears from Redis.
-            self._set_unreachable(cant_reach(error))
-            raise StoreUnavailable(self.unreachable or cant_reach(error)) from None
+            # Every request from now on is told at once, until the listener hears from Redis:
+            # a request that makes several calls waits for one timeout, not one each.
+            reason = cant_reach(error)
+            self._set_unreachable(reason)
+            raise StoreUnavailable(reason) from None
         except redis.RedisError as error:  # Redis answered: out of memory, a read-only replica, ...
             reason = str(error).split(" script: ")[0]  # without the script's hash
             if time.monotonic() > self._quiet_until:  # a line a minute tells the log enough
