@@ -372,6 +372,8 @@ class RedisStore:
 
     def _on_connect(self, connection):
         """On each new connection, before anything else: learn Redis's run_id and clock; has it restarted?"""
+        if self.closed.is_set():  # a call that was under way when the store closed is not retried
+            raise redis.ConnectionError("The store is closed.")
         # redis-py's own set-up first (AUTH, SELECT, ...). With health checks off
         # (health_check_interval=0), nothing in here sends a PING that could fail
         # and reconnect, which would call this again, and so on.
