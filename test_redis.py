@@ -69,10 +69,15 @@ class Processes:
             server.stop()
 
 
-def receive_command(ws, command, timeout=10):
-    """Receive frames until one with `command`, skipping `status` frames (Redis comes and goes here); return it."""
+def receive_command(ws, command, timeout=10, skipped=None):
+    """Receive frames until one with `command`, skipping `status` frames (Redis comes and goes here); return it.
+
+    The frames skipped are added to the list `skipped`, if one is given.
+    """
     while (frame := receive_json(ws, timeout))["command"] != command:
         assert frame["command"] == "status", frame
+        if skipped is not None:
+            skipped.append(frame)
     return frame
 
 
@@ -522,13 +527,18 @@ def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_
         assert texts([receive_json(ws)]) == ["before"]
 
         refuse(client)
+        statuses = []
         for n in range(3):  # every time, not only the first
             status, answer = post(a.url, "/messages", {"user": "Azin", "text": "refused"})
             assert status == 503 and reason in answer["error"]
             ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
                                 "ref": f"m-{n}"}))
-            error = receive_command(ws, "error")
+            error = receive_command(ws, "error", skipped=statuses)
             assert error["ref"] == f"m-{n}" and reason in error["error"]
+        # The socket hears that the chat can't be changed, once, with Redis's reason.
+        if not statuses:
+            statuses.append(receive_command(ws, "status"))
+        assert statuses[0]["available"] is False and reason in statuses[0]["error"] and len(statuses) == 1
         status, answer = answer_of(a.url + "/messages")
         if refusal == "out of memory":  # reads need no memory
             assert status == 200 and texts([answer]) == ["before"]
@@ -541,6 +551,7 @@ def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_
         ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
         frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
         assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
+        assert {"command": "status", "available": True} in frames  # and now that it works again
         assert texts([get(a.url, "/messages")]) == ["before", "after", "by socket"]
         processes.stop()
         assert "Traceback" not in (tmp_path / "flask-0.log").read_text()
