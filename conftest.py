@@ -169,7 +169,7 @@ def receive_until(ws, predicate, timeout=30):
 
 def texts(frames):
     """All message texts in a list of answers or `messages` frames, in the order received."""
-    return [m["text"] for frame in frames for m in frame["messages"]]
+    return [m["text"] for frame in frames for m in frame.get("messages", ())]  # not in `status` frames
 
 
 def check_clients_joining_while_others_post(post_to, history_from, sockets_from, total=300, most=30):
