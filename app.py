@@ -39,15 +39,22 @@ def create_app(test_config=None):
         MAX_WAIT=30,
         MAX_CONTENT_LENGTH=65536,
         PAGE_SIZE=200,
+        MAX_ANSWER_BYTES=262144,
         RATE_LIMIT=10,
         MAX_SOCKETS_PER_ADDRESS=100,
         TRUSTED_PROXIES=0,
         REDIS_URL="",
+        REDIS_SECONDS=2,  # a request's whole budget for Redis, before it gets 503
+        REDIS_POLL_SECONDS=1,  # how often the Redis listener looks, when nothing is published
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
     app.config.from_prefixed_env()
     if test_config:
         app.config.update(test_config)
+    # Answers as compact UTF-8 JSON, as store.message_bytes counts them (an
+    # emoji is 4 bytes, not the 12 of two \u escapes), in debug mode too.
+    app.json.ensure_ascii = False
+    app.json.compact = True
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)
 
@@ -55,13 +62,15 @@ def create_app(test_config=None):
     per_address = app.config["MAX_SOCKETS_PER_ADDRESS"]
 
     # The in-memory store unless REDIS_URL names a Redis to share with other processes.
-    sizes = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"]}
+    sizes = {"max_messages": app.config["MAX_MESSAGES"], "page_size": app.config["PAGE_SIZE"],
+             "max_answer_bytes": app.config["MAX_ANSWER_BYTES"]}
     rate = app.config["RATE_LIMIT"]
     if app.config["REDIS_URL"]:
         from redis_limits import RedisBucketPerAddress, RedisPlaces  # only then is redis needed
         from redis_store import RedisStore
 
-        store = RedisStore(app.config["REDIS_URL"], **sizes)
+        store = RedisStore(app.config["REDIS_URL"], **sizes, redis_seconds=app.config["REDIS_SECONDS"],
+                           poll_seconds=app.config["REDIS_POLL_SECONDS"])
         # Counted in Redis too: spreading over processes gains a client nothing.
         changes_per_address = RedisBucketPerAddress(store, rate)
         socket_places = RedisPlaces(store, "websockets", websockets, per_address)
@@ -70,6 +79,7 @@ def create_app(test_config=None):
         store = Store(**sizes)
         changes_per_address = BucketPerAddress(rate)
         socket_places, long_poll_places = Places(websockets, per_address), Places(long_polls, per_address)
+    app.logger.info("The chat is kept %s.", serving.store_name(app.config["REDIS_URL"]))
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,

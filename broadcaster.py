@@ -7,6 +7,10 @@ has been sent, so a client that is still taking an earlier frame simply skips
 rounds: when it has taken it, it gets one frame with everything since its own
 cursor. Its backlog is the store, so a slow client costs at most one frame of
 memory, misses nothing, and never slows down anyone else.
+
+When the store can't be read or changed (Redis is down, say), each round
+tells every subscriber so with a `status` frame, and tells it again once the
+store works: a page that is only watching would otherwise never know.
 """
 
 import json
@@ -38,10 +42,20 @@ class Broadcaster:
         self.stopped = threading.Event()
 
     def subscribe(self, connection, since, epoch):
-        """Send `connection` everything after `since` at once, then register it; return its Subscriber."""
-        first = self.store.since(since, epoch)
-        connection.offer(encode_text_frame(messages_frame(first)))
-        subscriber = Subscriber(connection, first["cursor"], first["epoch"])
+        """Send `connection` everything after `since` at once, then register it; return its Subscriber.
+
+        While the store is unavailable, the client hears why first; its first
+        `messages` frame comes once the store can be read again.
+        """
+        subscriber = Subscriber(connection, since, epoch)  # not registered yet: no other thread feeds it
+        subscriber.tell(self.store.unavailable)
+        try:
+            first = self.store.since(since, epoch)
+        except StoreUnavailable as error:
+            subscriber.tell(str(error))
+        else:
+            connection.offer(encode_text_frame(messages_frame(first)))
+            subscriber.cursor, subscriber.epoch, subscriber.greeted = first["cursor"], first["epoch"], True
         with self.lock:
             self.subscribers.add(subscriber)
             if self.thread is None or not self.thread.is_alive():  # not started yet, or killed
@@ -50,7 +64,7 @@ class Broadcaster:
         # A round may have gone by while it joined: the cursor says what it lacks.
         # (If the store can't be reached now, the broadcaster's rounds catch it up later.)
         try:
-            subscriber.feed(self.store, {})
+            subscriber.feed(self.store, {}, unavailable=self.store.unavailable)
         except StoreUnavailable:
             pass
         return subscriber
@@ -71,6 +85,8 @@ class Broadcaster:
                     failed_rounds = 0
                 self.store.wait(latest, timeout=RETRY_INTERVAL if someone_behind else IDLE_INTERVAL)
             except Exception as error:
+                if isinstance(error, StoreUnavailable):
+                    self.tell_everyone(str(error))
                 if not failed_rounds:  # once, not on every round while the cause lasts
                     log_failure(error)
                 failed_rounds += 1
@@ -83,13 +99,22 @@ class Broadcaster:
     def serve_round(self):
         """Send each subscriber what changed since its cursor; return (the latest cursor, whether anyone is behind)."""
         latest = self.store.cursor  # read first: a change after this wakes the next round
+        unavailable = self.store.unavailable
         with self.lock:
             subscribers = list(self.subscribers)
         frames = {}  # shared by everyone at the same cursor: each frame is built and encoded once
         someone_behind = False
         for subscriber in subscribers:
-            someone_behind |= subscriber.feed(self.store, frames, latest)
+            someone_behind |= subscriber.feed(self.store, frames, latest, unavailable)
         return latest, someone_behind
+
+    def tell_everyone(self, unavailable):
+        """Tell each subscriber that the store is unavailable, and why, unless it has heard already."""
+        with self.lock:
+            subscribers = list(self.subscribers)
+        for subscriber in subscribers:
+            with subscriber.lock:
+                subscriber.tell(unavailable)
 
 
 class Subscriber:
@@ -99,10 +124,19 @@ class Subscriber:
         self.connection = connection
         self.cursor = cursor
         self.epoch = epoch
+        self.greeted = False  # whether its first `messages` frame has been sent
+        self.told_unavailable = False  # whether the last `status` frame it got said "not available"
         self.lock = threading.Lock()  # the route's thread and the broadcaster may both feed it
 
-    def feed(self, store, frames, latest=None):
-        """Send what changed after this client's cursor, unless it is still taking its last frame.
+    def tell(self, unavailable):
+        """Send a `status` frame if the store's availability is not what this client last heard (lock held)."""
+        if bool(unavailable) != self.told_unavailable:
+            self.safely(self.connection.send, status_frame(unavailable))
+            self.told_unavailable = bool(unavailable)
+
+    def feed(self, store, frames, latest=None, unavailable=None):
+        """Say whether the store is available, if that changed; send what changed after this client's cursor,
+        unless it is still taking its last frame.
 
         `frames` maps (cursor, epoch) to a frame built this round, so clients at
         the same place share it. Return True if the client is still behind.
@@ -110,6 +144,7 @@ class Subscriber:
         with self.lock:
             if not self.connection.connected:
                 return False
+            self.tell(unavailable)
             if not self.safely(self.connection.push):
                 return True  # still taking its last frame: it skips this round
             place = (self.cursor, self.epoch)
@@ -117,12 +152,14 @@ class Subscriber:
                 answer = store.since(self.cursor, self.epoch)
                 news = answer["messages"] or answer["reset"]
                 frame = encode_text_frame(messages_frame(answer)) if news else None
-                frames[place] = (frame, answer["cursor"], answer["epoch"])
-            frame, cursor, epoch = frames[place]
+                frames[place] = (frame, answer)
+            frame, answer = frames[place]
+            if frame is None and not self.greeted:  # its first frame, even with nothing in it
+                frame = encode_text_frame(messages_frame(answer))
             # With nothing to show (the changes were to messages dropped since),
             # the cursor moves on without a frame.
             if frame is None or self.safely(self.connection.offer, frame):
-                self.cursor, self.epoch = cursor, epoch
+                self.cursor, self.epoch, self.greeted = answer["cursor"], answer["epoch"], True
             return latest is not None and self.cursor < latest
 
     def safely(self, send, *args):
@@ -151,5 +188,12 @@ def log_failure(error):
 
 
 def messages_frame(answer):
-    """Return the JSON text of a `messages` frame holding a store's answer."""
-    return json.dumps({"command": "messages", **answer}, ensure_ascii=False)
+    """Return the JSON text of a `messages` frame holding a store's answer, compact as store.message_bytes counts it."""
+    return json.dumps({"command": "messages", **answer}, ensure_ascii=False, separators=(",", ":"))
+
+
+def status_frame(unavailable):
+    """Return the JSON text of a `status` frame: available, or not and why."""
+    frame = {"command": "status", "available": False, "error": unavailable} if unavailable else {
+        "command": "status", "available": True}
+    return json.dumps(frame, ensure_ascii=False)

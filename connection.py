@@ -234,7 +234,7 @@ class Connection:
         self._socket.shut_down()
 
     def _read_more(self):
-        """Wait for the client's next bytes, pinging while none come, and hand them on; False once the connection ended."""
+        """Wait for the client's next bytes, pinging meanwhile, and hand them on; False once the connection ended."""
         while self.connected:
             timeout = None  # without pings, wait as long as it takes
             if self._ws.ping_interval:

@@ -9,7 +9,6 @@ chat). Options on the command line win over the settings here.
 
 import os
 import signal
-import threading
 
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.gthread import ThreadWorker
@@ -23,14 +22,26 @@ worker_class = "gevent"
 # Connections a worker serves at once. The app keeps a share of them, and of
 # its open files, for pages and the API (serving.capacity).
 worker_connections = 10000
-# A connection that sends no request within this many seconds is closed, as one
-# that stays idle this long between two requests.
+# A request's line and headers must arrive within this many seconds of the
+# connection's start (or of the answer before, between two requests); its body
+# then has the app's REQUEST_SECONDS (serving.py).
 keepalive = 5
 # No control socket (gunicornc): several gunicorns on one machine would share its one path.
 control_socket_disable = True
 # How long a stopping worker waits for its connections. It closes its WebSockets
 # itself, within a few seconds (below).
 graceful_timeout = 10
+
+
+def on_starting(server):
+    """Refuse several workers without Redis: each would be a chat of its own."""
+    redis_url = server.cfg.env.get("FLASK_REDIS_URL") or os.environ.get("FLASK_REDIS_URL")
+    if server.cfg.workers > 1 and not redis_url:
+        # gunicorn prints a RuntimeError's message and exits.
+        raise RuntimeError(
+            f"{server.cfg.workers} workers without FLASK_REDIS_URL would be {server.cfg.workers} separate "
+            "chats, each page seeing only its own worker's messages. Run one worker (no -w), or start "
+            "Redis and set FLASK_REDIS_URL=redis://localhost:6379/0 so that the workers share one chat.")
 
 
 def post_fork(server, worker):
@@ -45,34 +56,46 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Stop once, whichever signals come, closing every WebSocket with 1001 (worker_int, below)."""
-    import serving
-
-    stopping = []
+    """Add to gunicorn's own signal handlers: close the WebSockets on SIGTERM; stop once on Ctrl+C."""
+    # gunicorn has a hook for Ctrl+C (worker_int, below) but none for SIGTERM:
+    # its worker stops accepting, then waits for the requests under way, our
+    # WebSockets included, for graceful_timeout. So its handler gets a second
+    # step, after its own.
+    stop_gracefully = signal.getsignal(signal.SIGTERM)
 
     def stop(signum, frame):
-        # Ctrl+C reaches a worker twice: from the terminal, and from gunicorn's master.
-        if stopping:
-            return
-        stopping.append(signum)
-        if signum == signal.SIGTERM:
-            # gunicorn waits for the requests under way, WebSockets included: close them meanwhile.
-            worker.handle_exit(signum, frame)
-            if isinstance(worker, AsyncWorker):  # gevent runs this in its loop, where nothing may wait
-                import gevent
+        stop_gracefully(signum, frame)
+        if isinstance(worker, AsyncWorker):  # gevent runs this in its loop, where nothing may wait
+            import gevent
 
-                gevent.spawn(serving.close_websockets)
-            else:
-                threading.Thread(target=serving.close_websockets).start()
+            gevent.spawn(close_websockets)
         else:
-            worker.handle_quit(signum, frame)  # calls worker_int, then exits
+            import threading
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, stop)
+            threading.Thread(target=close_websockets).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    # Ctrl+C reaches a worker twice, from the terminal and from gunicorn's master
+    # (SIGQUIT); a second exit, while the first is under way, ends in a traceback.
+    stop_now = signal.getsignal(signal.SIGINT)
+    stopping = []
+
+    def stop_once(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            stop_now(signum, frame)
+
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, stop_once)
 
 
 def worker_int(worker):
     """On Ctrl+C (SIGINT) or SIGQUIT, close every WebSocket with 1001 before the worker exits."""
+    close_websockets()
+
+
+def close_websockets():
+    """Close every WebSocket of this worker with 1001 (after gevent has patched the standard library)."""
     import serving
 
     serving.close_websockets()

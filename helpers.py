@@ -8,6 +8,7 @@ import http.client
 import importlib.util
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -547,3 +548,136 @@ def close_code_received(raw):
         opcode, payload = read_server_frame(raw)
         if opcode == 0x8:
             return int.from_bytes(payload[:2], "big")
+
+
+# HTTP by hand: requests that trickle or never end
+
+
+def trickle(port, first, then, pace=0.05, limit=60):
+    """Send `first`, then `then` a byte every `pace` seconds until the server closes; return all it answered.
+
+    Fail if the server still reads after `limit` seconds, or after `then` ran out.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
+    answer = b""
+    try:
+        raw.sendall(first)
+        deadline = time.monotonic() + limit
+        for byte in then:
+            assert time.monotonic() < deadline, f"still reading after {limit} s"
+            if select.select([raw], [], [], pace)[0]:
+                break  # an answer, or the end of the connection
+            try:
+                raw.send(bytes([byte]))
+            except OSError:  # closed: its answer, if any, is still to be read
+                break
+        else:
+            raise AssertionError("the server read the whole trickle")
+        while True:
+            try:
+                chunk = raw.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        raw.close()
+    return answer
+
+
+def flood_after_headers(port, headers, limit=2**30, until=None, piece=b"x" * 2**20):
+    """Send `headers`, then `piece` again and again as fast as the connection takes it; return (the answer, bytes sent).
+
+    Fail if the server is still taking the body after `limit` bytes, unless the
+    event `until` was set first.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
+    answer, sent = b"", 0
+    try:
+        raw.sendall(headers)
+        while sent < limit or (until and until.is_set()):
+            if until and until.is_set():
+                break
+            if not answer and select.select([raw], [], [], 0)[0]:
+                answer = raw.recv(65536)
+            try:
+                sent += raw.send(piece)
+            except OSError:  # closed by the server
+                break
+        else:
+            raise AssertionError(f"the server took {limit} bytes of a refused body")
+        if not answer:
+            answer = raw.recv(65536)
+    except ConnectionResetError:
+        pass
+    finally:
+        raw.close()
+    return answer, sent
+
+
+# Pages in Chromium (the `browser` fixture's)
+
+
+# After a restart a page retries with a growing delay (up to about 6 s), so
+# reconnecting may take longer than the few seconds anything else is given.
+RECONNECT_TIMEOUT = 20_000
+
+
+class PageOpener:
+    """Opens each page in a new browser context and records what goes wrong in it."""
+
+    def __init__(self, browser):
+        self.browser = browser
+        self.contexts = []
+        self.problems = []
+
+    def __call__(self, url, network_errors_expected=False, init_script=None, clock=False, **context_options):
+        """Open `url` as a new person; `context_options` set their time zone, locale, ...
+
+        `init_script` runs in the page before the page's own scripts. With `clock`,
+        the page's timers run on Playwright's clock, so that `retry_now` can skip a wait.
+        """
+        context = self.browser.new_context(**context_options)
+        self.contexts.append(context)
+        if clock:
+            context.clock.install()  # time still flows as ever, until a test moves it on
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
+        page.on("console", lambda message: self._console(page, message, network_errors_expected))
+        page.goto(url)
+        return page
+
+    def _console(self, page, message, network_errors_expected):
+        # The browser logs failed requests as console errors: when the server is
+        # stopped on purpose (net::ERR_CONNECTION_REFUSED, ...), or answers a
+        # request with an error on purpose. Those are expected, not problems.
+        network_error = "net::ERR_" in message.text or "Failed to load resource" in message.text
+        if message.type != "error" or (network_errors_expected and network_error):
+            return
+        self.problems.append(f"{page.url}: console error: {message.text}")
+
+    def close(self):
+        """Close every page this opener opened."""
+        for context in self.contexts:
+            context.close()
+
+
+def send(page, user, text):
+    """Fill in the form as a person would and press Send."""
+    page.get_by_label("Name").fill(user)
+    # exact: so that "Message" matches only the field, whatever else contains the word.
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def messages(page):
+    """The page's shown messages."""
+    return page.get_by_role("list", name="Conversation").get_by_role("listitem")
+
+
+def message(page, text):
+    """The shown message whose text contains `text`."""
+    return messages(page).filter(has_text=text)

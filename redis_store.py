@@ -10,12 +10,15 @@ unchanged. Read `store.py` first: this is the same idea, spread over processes.
   carries the same token, and the script carries out each token only once.
   Nor does it carry out a write that reaches it too late (a Redis that was
   stopped, say): by then the sender has answered 503.
-- A Redis that fails, stalls or refuses costs a request at most a few seconds:
-  reads time out, only dropped connections are retried, and once the listener
-  finds Redis unreachable, requests are told so at once. Every error becomes
-  `StoreUnavailable`, which the routes answer with 503 or an `error` frame.
+- A Redis that fails, stalls or refuses costs a request at most `REDIS_SECONDS`,
+  however many calls it makes: each call times out after that, only dropped
+  connections are retried, and once one call finds Redis unreachable, every
+  request is told so at once until the listener hears from Redis again. Every
+  error becomes `StoreUnavailable`, which the routes answer with 503 or an
+  `error` frame, and `unavailable` says why, for the broadcaster's `status` frames.
 - Each change is published. One listener thread per process hears it and wakes
-  that process's waiting long polls and its broadcaster. Publishing is
+  that process's waiting long polls and its broadcaster. With nothing published,
+  it reads the cursor every `REDIS_POLL_SECONDS` (a FLUSHALL publishes nothing). Publishing is
   at-most-once, so after any reconnect the listener reads the cursor again;
   the cursor, not the publication, says what changed.
 - The epoch names the data's life: it changes when the data may have been lost,
@@ -38,7 +41,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from store import StoreUnavailable, now
+from store import ENVELOPE_BYTES, StoreUnavailable, now
 from text_rules import checked_message
 
 log = logging.getLogger(__name__)
@@ -46,15 +49,6 @@ log = logging.getLogger(__name__)
 KEYS = ["chat:epoch", "chat:run_id", "chat:cursor", "chat:last_id", "chat:oldest_id",
         "chat:messages", "chat:changes"]
 CHANNEL = "chat:changes"
-# With nothing published for this long, the listener reads the cursor anyway:
-# a FLUSHALL publishes nothing.
-LISTEN_INTERVAL = 1
-# Each read from Redis waits at most this long (seconds), so a Redis that
-# stalls costs a request this much, not the whole stall.
-READ_TIMEOUT = 2
-# A write that Redis hasn't carried out this many seconds after it was sent is
-# never carried out: its sender stops waiting soon after, and answers 503.
-WRITE_DEADLINE = 1.5
 
 # Shared by every script: the keys by name, and the epoch, made anew when it is missing.
 PRELUDE = """
@@ -73,25 +67,37 @@ local function current_epoch()
   return epoch
 end
 
--- An answer: epoch, cursor, reset, more, then the messages' JSON.
-local function answer(epoch, cursor, reset, more, ids)
-  local reply = {epoch, cursor, reset and 1 or 0, more and 1 or 0}
-  if #ids > 0 then
-    for _, message in ipairs(redis.call("HMGET", messages_key, unpack(ids))) do
-      table.insert(reply, message)
+-- Take the messages of `ids`, in that order, while their JSON fits in `room`
+-- bytes (the first always does). Return them, and how many ids were used up.
+local function fill(ids, room)
+  local taken, size, used = {}, 0, 0
+  if #ids == 0 then return taken, 0 end
+  for i, message in ipairs(redis.call("HMGET", messages_key, unpack(ids))) do
+    if message then
+      size = size + #message + 1
+      if #taken > 0 and size > room then break end
+      table.insert(taken, message)
     end
+    used = i
   end
+  return taken, used
+end
+
+-- An answer: epoch, cursor, reset, more, then the messages' JSON.
+local function answer(epoch, cursor, reset, more, messages)
+  local reply = {epoch, cursor, reset and 1 or 0, more and 1 or 0}
+  for _, message in ipairs(messages) do table.insert(reply, message) end
   return reply
 end
 
-local function newest_page(epoch, reset, page_size)
+local function newest_page(epoch, reset, page_size, room)
   local last = tonumber(redis.call("GET", last_id_key) or "0")
   local oldest = tonumber(redis.call("GET", oldest_key) or "1")
-  local first = math.max(oldest, last - page_size + 1)
   local ids = {}
-  for id = first, last do table.insert(ids, id) end
+  for id = last, math.max(oldest, last - page_size + 1), -1 do table.insert(ids, id) end
+  local messages, used = fill(ids, room)
   local cursor = tonumber(redis.call("GET", cursor_key) or "0")
-  return answer(epoch, cursor, reset, first > oldest, ids)
+  return answer(epoch, cursor, reset, last - used + 1 > oldest, messages)
 end
 
 -- A write carries a token (KEYS[8]) and a deadline on Redis's clock (ARGV[3]).
@@ -156,40 +162,38 @@ redis.call("HSET", messages_key, ARGV[4], message)
 return record_change(epoch, ARGV[4], message)
 """
 
-# ARGV: fresh epoch, run_id, cursor, the client's epoch or "", page size.
+# ARGV: fresh epoch, run_id, cursor, the client's epoch or "", page size, room in bytes.
 SINCE = PRELUDE + """
 local epoch = current_epoch()
-local since, client_epoch, page_size = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local since, client_epoch, page_size, room = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local cursor = tonumber(redis.call("GET", cursor_key) or "0")
 local reset = (client_epoch ~= "" and client_epoch ~= epoch) or since > cursor
 if reset or (since == 0 and client_epoch == "") then
-  return newest_page(epoch, reset, page_size)
+  return newest_page(epoch, reset, page_size, room)
 end
 -- The messages changed after `since`, in the order of their last change.
 local changed = redis.call("ZRANGEBYSCORE", changes_key, "(" .. ARGV[3], "+inf",
                            "WITHSCORES", "LIMIT", 0, page_size + 1)
-local count = #changed / 2
-if count > page_size then
-  count = page_size
-  cursor = tonumber(changed[2 * page_size])
-end
 local ids = {}
-for i = 1, count do ids[i] = changed[2 * i - 1] end
-return answer(epoch, cursor, false, false, ids)
+for i = 1, math.min(#changed / 2, page_size) do ids[i] = changed[2 * i - 1] end
+local messages, used = fill(ids, room)
+if used < #changed / 2 then cursor = tonumber(changed[2 * used]) end  -- the rest comes next
+return answer(epoch, cursor, false, false, messages)
 """
 
-# ARGV: fresh epoch, run_id, before, limit, the client's epoch or "", page size.
+# ARGV: fresh epoch, run_id, before, limit, the client's epoch or "", page size, room in bytes.
 BEFORE = PRELUDE + """
 local epoch = current_epoch()
-if ARGV[5] ~= "" and ARGV[5] ~= epoch then return newest_page(epoch, true, tonumber(ARGV[6])) end
+local room = tonumber(ARGV[7])
+if ARGV[5] ~= "" and ARGV[5] ~= epoch then return newest_page(epoch, true, tonumber(ARGV[6]), room) end
 local last = tonumber(redis.call("GET", last_id_key) or "0")
 local oldest = tonumber(redis.call("GET", oldest_key) or "1")
 local before = math.min(tonumber(ARGV[3]), last + 1)  -- past the newest: the newest page
-local first = math.max(oldest, before - tonumber(ARGV[4]))
 local ids = {}
-for id = first, before - 1 do table.insert(ids, id) end
+for id = before - 1, math.max(oldest, before - tonumber(ARGV[4])), -1 do table.insert(ids, id) end
+local messages, used = fill(ids, room)
 local cursor = tonumber(redis.call("GET", cursor_key) or "0")
-return answer(epoch, cursor, false, first > oldest, ids)
+return answer(epoch, cursor, false, before - used > oldest, messages)
 """
 
 # ARGV: fresh epoch, run_id. Returns the epoch and the cursor.
@@ -211,18 +215,30 @@ end
 class RedisStore:
     """The chat's messages, counts, cursor and epoch in Redis, for every process that shares it."""
 
-    def __init__(self, url, max_messages=10000, page_size=200):
+    def __init__(self, url, max_messages=10000, page_size=200, max_answer_bytes=262144,
+                 redis_seconds=2, poll_seconds=1):
         self.max_messages = max_messages
         self.page_size = page_size
+        self.room = max_answer_bytes - ENVELOPE_BYTES  # for the messages of one answer
+        self.poll_seconds = poll_seconds
+        # A write that Redis hasn't carried out this long after it was sent is
+        # never carried out: its sender stops waiting soon after, and answers 503.
+        self.write_deadline = 0.75 * redis_seconds
         self.run_id = ""
         self.clock_offset = 0  # Redis's clock minus ours, in seconds
-        # Why Redis can't be reached, as the listener last found; None while it answers.
+        # Why Redis can't be reached, as last found; None while it answers.
         self.unreachable = None
+        # Why Redis last refused a read, and a write; None once one goes through again.
+        self.refused = {"read": None, "write": None}
         self._quiet_until = 0  # no refusal logged until then
+        self._wake_channel = f"chat:wake:{secrets.token_hex(8)}"  # close() wakes the listener here
         self.redis = redis.Redis.from_url(
             url,
-            socket_connect_timeout=1,
-            socket_timeout=READ_TIMEOUT,
+            # Each call waits at most this long: a Redis that stalls costs a
+            # request this much, not the whole stall.
+            socket_connect_timeout=min(1, redis_seconds / 2),  # tried twice
+            socket_timeout=redis_seconds,
+            health_check_interval=0,  # no PING before commands: the timeouts find a dead Redis
             # A dropped connection is retried once, which the write's token makes
             # safe. A timeout is not: a Redis that doesn't answer won't answer again.
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1,
@@ -237,6 +253,11 @@ class RedisStore:
         self.closed = threading.Event()  # set by close(): stops the listener, and what uses the store
         self._listener = threading.Thread(target=self._listen, name="redis-listener", daemon=True)
         self._listener.start()
+
+    @property
+    def unavailable(self):
+        """Why the chat can't be read or changed right now, or None while it can."""
+        return self.unreachable or self.refused["write"] or self.refused["read"]
 
     @property
     def epoch(self):
@@ -263,11 +284,12 @@ class RedisStore:
 
     def since(self, cursor, epoch=None):
         """Return what changed after `cursor`, as `Store.since` does."""
-        return self._answer(self._run(self._since, args=[cursor, epoch or "", self.page_size]))
+        return self._answer(self._run(self._since, args=[cursor, epoch or "", self.page_size, self.room]))
 
     def before(self, message_id, limit, epoch=None):
         """Return the newest `limit` messages older than `message_id`, as `Store.before` does."""
-        return self._answer(self._run(self._before, args=[message_id, limit, epoch or "", self.page_size]))
+        return self._answer(self._run(self._before, args=[message_id, limit, epoch or "", self.page_size,
+                                                          self.room]))
 
     def wait(self, cursor, timeout):
         """Block until a change after `cursor` is heard of, or `timeout` seconds pass; return True if one was."""
@@ -280,12 +302,16 @@ class RedisStore:
 
     def call(self, command, *args, **options):
         """Run a redis-py command or script; raise StoreUnavailable, saying why, if Redis fails or refuses."""
-        if self.unreachable:  # the listener knows already: this request needn't wait to find out
+        if self.unreachable:  # found out already: this request needn't wait to find out again
             raise StoreUnavailable(self.unreachable)
         try:
             return command(*args, **options)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailable(cant_reach(error)) from None
+            # Every request from now on is told at once, until the listener hears from Redis:
+            # a request that makes several calls waits for one timeout, not one each.
+            reason = cant_reach(error)
+            self._set_unreachable(reason)
+            raise StoreUnavailable(reason) from None
         except redis.RedisError as error:  # Redis answered: out of memory, a read-only replica, ...
             reason = str(error).split(" script: ")[0]  # without the script's hash
             if time.monotonic() > self._quiet_until:  # a line a minute tells the log enough
@@ -300,7 +326,12 @@ class RedisStore:
     def close(self):
         """Stop the listener and close the connections to Redis."""
         self.closed.set()
-        self._listener.join(timeout=LISTEN_INTERVAL + 3)
+        if not self.unreachable:
+            try:  # wake the listener now, rather than at its next poll
+                self.redis.publish(self._wake_channel, "close")
+            except redis.RedisError:
+                pass  # then it notices within poll_seconds
+        self._listener.join(timeout=self.poll_seconds + 3)
         self.redis.close()
 
     def _count(self, message_id, field):
@@ -316,8 +347,18 @@ class RedisStore:
         keys, prefix = KEYS, [secrets.token_hex(8), self.run_id]
         if write:
             keys = KEYS + [f"chat:done:{secrets.token_hex(8)}"]
-            prefix.append(time.time() + self.clock_offset + WRITE_DEADLINE)
-        return self.call(script, keys=keys, args=prefix + list(args))
+            prefix.append(time.time() + self.clock_offset + self.write_deadline)
+        kind = "write" if write else "read"
+        try:
+            result = self.call(script, keys=keys, args=prefix + list(args))
+        except StoreUnavailable as error:
+            if not self.unreachable:  # Redis answered, and refused
+                self._set_refused(kind, str(error))
+            raise
+        # A read that goes through says nothing about writes; a write that does, says both work.
+        for cleared in ("read", "write") if write else ("read",):
+            self._set_refused(cleared, None)
+        return result
 
     def _answer(self, reply):
         epoch, cursor, reset, more, *messages = reply
@@ -331,16 +372,19 @@ class RedisStore:
 
     def _on_connect(self, connection):
         """On each new connection, before anything else: learn Redis's run_id and clock; has it restarted?"""
-        # No health checks in here: one that fails reconnects, which calls this again, and so on.
-        connection.on_connect_check_health(check_health=False)
-        connection.send_command("INFO", "server", check_health=False)
+        if self.closed.is_set():  # a call that was under way when the store closed is not retried
+            raise redis.ConnectionError("The store is closed.")
+        # redis-py's own set-up first (AUTH, SELECT, ...). With health checks off
+        # (health_check_interval=0), nothing in here sends a PING that could fail
+        # and reconnect, which would call this again, and so on.
+        connection.on_connect()
+        connection.send_command("INFO", "server")
         info = dict(line.split(b":", 1) for line in connection.read_response().splitlines() if b":" in line)
         self.run_id = info[b"run_id"].strip().decode()
-        connection.send_command("TIME", check_health=False)
+        connection.send_command("TIME")
         seconds, microseconds = connection.read_response()
         self.clock_offset = int(seconds) + int(microseconds) / 1e6 - time.time()
-        connection.send_command("EVAL", NEW_RUN, 2, KEYS[0], KEYS[1], secrets.token_hex(8), self.run_id,
-                                check_health=False)
+        connection.send_command("EVAL", NEW_RUN, 2, KEYS[0], KEYS[1], secrets.token_hex(8), self.run_id)
         connection.read_response()
 
     def _hear(self, epoch, cursor):
@@ -353,7 +397,13 @@ class RedisStore:
         with self._changes:
             if reason != self.unreachable:
                 self.unreachable = reason
-                self._changes.notify_all()  # waiting long polls hear of it now
+                self._changes.notify_all()  # waiting long polls and the broadcaster hear of it now
+
+    def _set_refused(self, kind, reason):
+        if self.refused[kind] != reason:
+            with self._changes:
+                self.refused[kind] = reason
+                self._changes.notify_all()
 
     def _hear_state(self):
         """Hear the epoch and cursor that Redis holds now (the listener's own errors are Redis's)."""
@@ -366,7 +416,7 @@ class RedisStore:
         while not self.closed.is_set():
             try:
                 with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    pubsub.subscribe(CHANNEL)
+                    pubsub.subscribe(CHANNEL, self._wake_channel)
                     # What was published while we were away is lost: read the cursor instead.
                     self._hear_state()
                     self._set_unreachable(None)
@@ -378,21 +428,25 @@ class RedisStore:
                 if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
                     self._set_unreachable(cant_reach(error))  # requests are told at once from now on
                 if down_since is None:
-                    log.warning("Listening to Redis failed (%s); trying again every second.", error)
+                    log.warning("Listening to Redis failed (%s); trying again every %s s.",
+                                error, self.poll_seconds)
                     down_since = time.monotonic()
-                self.closed.wait(1)
+                self.closed.wait(self.poll_seconds)
 
     def _listen_on(self, pubsub):
         last_heard = time.monotonic()
         while not self.closed.is_set():
-            message = pubsub.get_message(timeout=LISTEN_INTERVAL)
-            if message:
+            message = pubsub.get_message(timeout=self.poll_seconds)
+            if message and message["channel"].decode() == CHANNEL:
                 epoch, cursor = message["data"].decode().split()
                 self._hear(epoch, int(cursor))
                 last_heard = time.monotonic()
-            elif time.monotonic() - last_heard >= LISTEN_INTERVAL:
+            elif time.monotonic() - last_heard >= self.poll_seconds:
                 self._hear_state()
                 last_heard = time.monotonic()
+            else:
+                continue
+            self._set_unreachable(None)  # Redis answers: requests may ask it again
 
 
 def cant_reach(error):

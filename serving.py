@@ -1,41 +1,59 @@
-"""Serving the app: how many sockets fit, connections that say nothing, clean stops, proxies.
+"""Serving the app: how many sockets fit, requests that take too long, clean stops, proxies.
 
 A server can hold only so many connections at once: under `flask run` each
 takes a thread and open files, under gunicorn (gunicorn.conf.py) each takes one
 of the worker's `worker_connections`. A WebSocket or a long poll keeps its
 connection for minutes, a page or an API request for milliseconds. So sockets
-and long polls get a share, and beyond it a 503 before the upgrade, while the
-rest stays free for pages and the API.
+and long polls get a share (`capacity`), and beyond it a 503 before the
+upgrade, while the rest stays free for pages and the API.
 
-`init_app` adjusts werkzeug's development server, which `flask run` builds
-after `create_app`:
+`init_app` wraps the app, under every server, so that:
+- `TRUSTED_PROXIES` proxies in front of the app are believed about who the
+  client is (werkzeug's ProxyFix): flood control counts per client address;
+- a request body must arrive within REQUEST_SECONDS, however it trickles (408);
+- a refused body (403, 408, 413, 415, 429) is not read on: the answer says
+  `Connection: close`, and under gunicorn the socket's reading side is shut,
+  so its "discard the rest of the body" loop ends as soon as nothing is waiting.
 
-- a connection that completes no request within REQUEST_SECONDS (silent, or a
-  TLS handshake that never starts) is closed, and the TLS handshake happens in
-  the connection's own thread, so it holds up no one else;
+Under `flask run`, and only there, it also changes werkzeug's development
+server, which `flask run` builds after `create_app`, by naming our subclass as
+`werkzeug.serving.ThreadedWSGIServer` (the class `make_server` builds):
+- a request, headers and body, must arrive within REQUEST_SECONDS of the
+  connection's start (silent, trickled, or a TLS handshake that never starts),
+  and nothing is read after the answer (werkzeug would read on for 10 GB);
+- the TLS handshake happens in the connection's own thread, not the one that
+  accepts everyone's connections;
 - out of open files, the server pauses instead of spinning;
 - stopping (Ctrl+C, SIGTERM) closes every WebSocket with 1001, "going away".
-
-It also believes `TRUSTED_PROXIES` proxies in front of the app about who the
-client is (werkzeug's ProxyFix): flood control counts per client address.
+Flask's own hooks can't do this: they run inside a request, after the server
+has accepted, handshaken and read it, and `flask run` offers no option for the
+server class or request handler it passes to werkzeug's `run_simple`.
+gunicorn has its own answers, set in gunicorn.conf.py; tests and a Python
+shell get werkzeug untouched.
 """
 
 import atexit
+import contextlib
 import errno
+import io
 import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
+import click
+import flask.cli
+from flask.helpers import get_debug_flag
 import werkzeug.serving
+from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import connection
 
-# A connection that completes no request within this many seconds is closed.
-REQUEST_SECONDS = 10
 # Out of open files, wait this long before accepting again.
 OUT_OF_FILES_PAUSE = 0.5
 # gunicorn.conf.py tells the app, through this environment variable, how many
@@ -46,17 +64,46 @@ CONNECTIONS_VARIABLE = "CHAT_WORKER_CONNECTIONS"
 # Together they may use three quarters of the limit; the rest is kept for
 # pages, API requests and log files.
 FILES_PER_WEBSOCKET = 2
+# Answers that refuse a request without reading its body.
+REFUSALS = {403, 408, 413, 415, 429}
 
 
 def init_app(app):
-    """Serve `app` as this module says: proxies believed, idle connections closed, clean stops."""
+    """Serve `app` as this module says: proxies believed, slow and refused bodies cut off, flask run hardened."""
+    app.config.setdefault("REQUEST_SECONDS", 10)
+    seconds = float(app.config["REQUEST_SECONDS"])
+    app.wsgi_app = BodyDeadline(app.wsgi_app, seconds)
     proxies = int(app.config["TRUSTED_PROXIES"])
     if proxies:
         # Each proxy appends the address it got the request from to X-Forwarded-For;
         # believe only the last `proxies` entries, the ones our own proxies wrote.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
-    # flask run calls make_server, which builds the server class named here.
+    command = click.get_current_context(silent=True)  # the command line's, while flask run loads the app
+    if command is not None and command.command is flask.cli.run_command:
+        harden_werkzeug(seconds, command.params.get("reload"))
+
+
+def harden_werkzeug(seconds, reloads):
+    """Make the server that flask run is about to build the one this module describes."""
+    RequestHandler.request_seconds = seconds
     werkzeug.serving.ThreadedWSGIServer = ThreadedServer
+    if reloads is None:  # as flask run decides: with --debug
+        reloads = get_debug_flag()
+    if reloads and werkzeug.serving.is_running_from_reloader():
+        stop_when_the_reloader_asks()
+    elif reloads:
+        pass_stops_to_the_served_process()
+
+
+def store_name(redis_url):
+    """Name the store for the start-up log: in memory, or the Redis URL without its password."""
+    if not redis_url:
+        return "in this process's memory (one process only; set FLASK_REDIS_URL to share it)"
+    parts = urlsplit(redis_url)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        redis_url = urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
+    return f"in Redis at {redis_url}"
 
 
 def capacity(app):
@@ -90,12 +137,144 @@ def open_file_limit():
     return soft
 
 
-class RequestHandler(werkzeug.serving.WSGIRequestHandler):
-    """werkzeug's request handler, which gives up on a connection that says nothing for REQUEST_SECONDS."""
+class BodyDeadline:
+    """WSGI middleware: a body that takes longer than `seconds` gets 408; a refused body is not read on."""
 
-    # socketserver sets it on the connection: each read (a TLS handshake's
-    # included) and write waits at most this long. A WebSocket lifts it (connection.py).
-    timeout = REQUEST_SECONDS
+    def __init__(self, wsgi_app, seconds):
+        self.wsgi_app = wsgi_app
+        self.seconds = seconds
+
+    def __call__(self, environ, start_response):
+        # The client's socket, as werkzeug and gunicorn hand it to the app (flask-sock reads the same keys).
+        raw = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
+        if raw is not None:  # a real server, not Flask's test client
+            environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], raw, time.monotonic() + self.seconds)
+        refused = False
+
+        def start(status, headers, exc_info=None):
+            nonlocal refused
+            refused = int(status[:3]) in REFUSALS
+            if refused:
+                headers = [*headers, ("Connection", "close")]
+            return start_response(status, headers, exc_info)
+
+        answer = self.wsgi_app(environ, start)
+        # gunicorn ignores an application's `Connection: close` and, to serve the
+        # next request, would read the rest of the body first. (Under flask run,
+        # RequestHandler reads nothing after an answer.)
+        if refused and "gunicorn.socket" in environ:
+            return self.then_stop_reading(answer, environ["gunicorn.socket"])
+        return answer
+
+    @staticmethod
+    def then_stop_reading(answer, raw):
+        """Send `answer`, then shut the socket for reading: the server's drain of the body ends at once."""
+        try:
+            yield from answer
+            # With reading shut, the socket gives what has arrived, then its end.
+            try:
+                raw.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass  # the client has gone already
+        finally:
+            if hasattr(answer, "close"):
+                answer.close()
+
+
+class DeadlineInput:
+    """A request body (`wsgi.input`) whose every read waits at most until the deadline; then 408."""
+
+    def __init__(self, body, raw, deadline):
+        self.body = body
+        self.raw = raw
+        self.deadline = deadline
+
+    def read(self, *size):
+        return self.before_deadline(self.body.read, *size)
+
+    def readline(self, *size):
+        return self.before_deadline(self.body.readline, *size)
+
+    def readlines(self, *hint):
+        return self.before_deadline(self.body.readlines, *hint)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def before_deadline(self, read, *args):
+        """Call `read(*args)`, which may wait for bytes many times, until the deadline at most; then 408."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout("The request's body took too long to arrive.")
+        timeout = self.raw.gettimeout()
+        self.raw.settimeout(left)  # for each wait; under werkzeug, DeadlineReader counts them together
+        try:
+            with whole_read_deadline(left):
+                return read(*args)
+        except TimeoutError:
+            raise RequestTimeout("The request's body took too long to arrive.") from None
+        finally:
+            self.raw.settimeout(timeout)
+
+
+def whole_read_deadline(seconds):
+    """Under gevent (gunicorn's worker), a deadline for every wait of a read together; else none."""
+    if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_patched("socket"):
+        import gevent
+
+        return gevent.Timeout(seconds, TimeoutError)
+    return contextlib.nullcontext()
+
+
+# werkzeug's development server, as flask run builds it
+
+
+class DeadlineReader(io.RawIOBase):
+    """The connection as werkzeug reads a request from it: nothing past the deadline, nothing after the answer."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        handler = self.handler
+        if handler.answered:
+            return 0  # werkzeug would read on for up to 10 GB, to discard it
+        left = handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("The request took too long to arrive.")
+        handler.connection.settimeout(left)
+        try:
+            return handler.connection.recv_into(buffer)
+        finally:
+            handler.connection.settimeout(handler.timeout)
+
+
+class RequestHandler(werkzeug.serving.WSGIRequestHandler):
+    """werkzeug's request handler, which gives a request REQUEST_SECONDS from the connection's start."""
+
+    request_seconds = 10  # set by init_app from the app's REQUEST_SECONDS
+    # socketserver sets it on the connection, for each write. A WebSocket lifts it (connection.py).
+    timeout = request_seconds
+
+    def setup(self):
+        """Read requests through a DeadlineReader."""
+        self.timeout = self.request_seconds
+        super().setup()
+        self.rfile = io.BufferedReader(DeadlineReader(self))
+
+    def handle_one_request(self):
+        """Read and answer one request, which must arrive within REQUEST_SECONDS."""
+        self.deadline = time.monotonic() + self.request_seconds
+        self.answered = False
+        super().handle_one_request()
+
+    def end_headers(self):
+        """Send the answer's headers; werkzeug closes the connection after the answer, so stop reading."""
+        self.answered = True
+        super().end_headers()
 
 
 class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
@@ -121,11 +300,57 @@ class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
             raise
 
     def serve_forever(self, poll_interval=0.5):
-        """Serve until Ctrl+C or SIGTERM."""
-        # Signals reach the main thread only (with --debug, the server runs in another).
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
-        super().serve_forever(poll_interval)
+        """Serve until Ctrl+C or SIGTERM, then close every WebSocket with 1001."""
+        if threading.current_thread() is not threading.main_thread():
+            # --debug: the server runs in a thread, and werkzeug's reloader ends
+            # the process (Ctrl+C, SIGTERM, a saved file) from the main thread.
+            atexit.register(close_websockets)
+            super().serve_forever(poll_interval)
+            return
+        # Python's default SIGTERM ends at once; as Ctrl+C, werkzeug stops serving.
+        signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            close_websockets()
+
+
+# flask --debug run: a first process restarts, at every saved file, a second
+# process that serves. On SIGTERM, werkzeug's first process kills the second
+# with SIGKILL, which leaves no time to close the WebSockets. So it passes the
+# request on, through a pipe the second process inherits, and waits for it.
+STOP_VARIABLE = "CHAT_RELOADER_STOP_FD"
+
+
+def pass_stops_to_the_served_process():
+    """In the reloader's first process: on SIGTERM, ask the serving process to stop, and wait for it."""
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    os.environ[STOP_VARIABLE] = str(read_end)
+
+    def ask_to_stop(signum, frame):
+        os.write(write_end, b"!")
+
+    def after_werkzeug(event, args):
+        # werkzeug sets its SIGTERM handler after the app is created, then
+        # starts the serving process: take the handler back as it does.
+        if event == "subprocess.Popen" and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, ask_to_stop)
+
+    sys.addaudithook(after_werkzeug)
+
+
+def stop_when_the_reloader_asks():
+    """In the serving process: stop as on SIGTERM when the first process asks, or is gone."""
+    if STOP_VARIABLE not in os.environ:
+        return  # started by another reloader than ours
+    read_end = int(os.environ[STOP_VARIABLE])
+
+    def wait():
+        os.read(read_end, 1)  # a byte, or the end of the pipe if the first process died
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, name="waiting for the reloader", daemon=True).start()
 
 
 def close_websockets():
@@ -133,11 +358,6 @@ def close_websockets():
     connection.close_all()
 
 
-# However flask run ends (Ctrl+C, or SIGTERM as below), pages hear why. (gunicorn
-# waits for its threads before this runs: gunicorn.conf.py closes the sockets first.)
-atexit.register(close_websockets)
-
-
 def stop_as_on_ctrl_c(signum, frame):
-    """Stop the server as Ctrl+C does: werkzeug ends, and the atexit hook closes the WebSockets."""
+    """Stop the server as Ctrl+C does."""
     raise KeyboardInterrupt

@@ -8,6 +8,7 @@ turns HTTP requests and WebSocket frames into calls to a `Store`.
 `close`.
 """
 
+import json
 import secrets
 import threading
 from bisect import bisect_left, bisect_right
@@ -21,12 +22,16 @@ from text_rules import checked_message
 class Store:
     """An in-memory chat history that remembers the order in which things changed."""
 
-    def __init__(self, max_messages=10000, page_size=200):
+    # Why the chat can't be read or changed right now, or None: never, for this one.
+    unavailable = None
+
+    def __init__(self, max_messages=10000, page_size=200, max_answer_bytes=262144):
         # A new random epoch on every start tells clients that the ids and the
         # cursor they hold belong to a store that no longer exists.
         self.epoch = secrets.token_hex(8)
         self.max_messages = max_messages
         self.page_size = page_size
+        self.room = max_answer_bytes - ENVELOPE_BYTES  # for the messages of one answer
         self.cursor = 0
         self._next_id = 1
         # message id -> message, oldest first, so the oldest is dropped in O(1).
@@ -63,9 +68,10 @@ class Store:
         """Return the answer to "what changed after `cursor`?", in the contract's shape.
 
         Each message that is new or changed after `cursor` appears once, in its
-        current state, in id order, at most `page_size` of them: the ones that
-        changed first, with the cursor of the last change included, so asking
-        again from there gets the rest.
+        current state, in id order, at most `page_size` of them and at most
+        `max_answer_bytes` of JSON (but at least one): the ones that changed
+        first, with the cursor of the last change included, so asking again
+        from there gets the rest.
 
         A first load (cursor 0 and no epoch: the client has nothing yet) gets
         the newest page of messages instead, and `more` says whether older ones
@@ -76,11 +82,12 @@ class Store:
         with self._cursor_moved:
             reset = (epoch is not None and epoch != self.epoch) or cursor > self.cursor
             if reset or (cursor == 0 and epoch is None):
-                newest = list(islice(reversed(self._messages.values()), self.page_size))[::-1]
+                newest = self._fill(islice(reversed(self._messages.values()), self.page_size))[::-1]
                 more = len(self._messages) > len(newest)
                 return self._answer(newest, self.cursor, reset=reset, more=more)
             start = bisect_right(self._latest_changes, (cursor, float("inf")))
-            page = self._latest_changes[start:start + self.page_size]
+            changes = self._latest_changes[start:start + self.page_size]
+            page = self._fill(changes, lambda change: self._messages[change[1]])
             more_changes = start + len(page) < len(self._latest_changes)
             page_cursor = page[-1][0] if more_changes else self.cursor
             messages = [self._messages[message_id] for message_id in sorted(i for _, i in page)]
@@ -94,8 +101,10 @@ class Store:
             # Ids have no gaps: only the oldest messages are ever dropped.
             oldest_id = next(iter(self._messages), self._next_id)
             message_id = min(message_id, self._next_id)  # past the newest: the newest page
-            start = max(oldest_id, message_id - limit)
-            messages = [self._messages[i] for i in range(start, min(message_id, self._next_id))]
+            first = max(oldest_id, message_id - limit)
+            newest_first = (self._messages[i] for i in reversed(range(first, min(message_id, self._next_id))))
+            messages = self._fill(newest_first)[::-1]
+            start = messages[0]["id"] if messages else first
             return self._answer(messages, self.cursor, more=start > oldest_id)
 
     def wait(self, cursor, timeout):
@@ -127,6 +136,16 @@ class Store:
         if changed_at is not None:
             del self._latest_changes[bisect_left(self._latest_changes, (changed_at,))]
 
+    def _fill(self, items, message_of=lambda item: item):
+        """Take items in order while their messages fit in one answer (the first always does)."""
+        taken, size = [], 0
+        for item in items:
+            size += message_bytes(message_of(item))
+            if taken and size > self.room:
+                break
+            taken.append(item)
+        return taken
+
     def _answer(self, messages, cursor, reset=False, more=False):
         # Copies, so that later changes don't alter an answer on its way out.
         return {"messages": [dict(message) for message in messages], "cursor": cursor,
@@ -135,6 +154,16 @@ class Store:
 
 class StoreUnavailable(Exception):
     """The store can't be reached for now (Redis is down, say). This in-memory store never raises it."""
+
+
+# What an answer holds besides its messages, at most: the field names, the
+# cursor, the epoch, and `"command":"messages"` in a WebSocket frame.
+ENVELOPE_BYTES = 200
+
+
+def message_bytes(message):
+    """The size of a message in an answer: its JSON as the app sends it (UTF-8, compact), and a comma."""
+    return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()) + 1
 
 
 def new_message(message_id, user, text):

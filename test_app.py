@@ -1,7 +1,9 @@
 """HTTP tests with Flask's test client: pages, the JSON API, and its errors."""
 
+import json
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -214,3 +216,37 @@ def test_configuration_comes_from_flask_environment_variables(monkeypatch, store
     assert [m["text"] for m in client.get("/messages").get_json()["messages"]] == ["two"]
     assert client.get("/messages?wait=6").status_code == 400
     close_app(app)
+
+
+def test_answers_over_http_and_websocket_never_pass_max_answer_bytes_and_long_messages_lose_nothing(
+        server, store):
+    # 200 messages of 1,000 emoji: 2.5 MB of JSON escaped, about 0.8 MB as UTF-8.
+    for n in range(200):
+        store.add("Azin", f"{n:03} " + "😀" * 996)
+    limit = server.app.config["MAX_ANSWER_BYTES"]
+
+    def get(path):
+        with urllib.request.urlopen(server.url + path, timeout=10) as response:
+            body = response.read()
+        assert len(body) <= limit
+        return json.loads(body)
+
+    first = get("/messages")
+    pages = [first]
+    while pages[-1]["more"]:  # "Load older", down to the first message
+        pages.append(get(f"/messages?before={pages[-1]['messages'][0]['id']}"))
+    catching_up = [get(f"/messages?since=0&epoch={first['epoch']}")]
+    while catching_up[-1]["cursor"] < store.cursor:  # a polling client that was away
+        catching_up.append(get(f"/messages?since={catching_up[-1]['cursor']}&epoch={first['epoch']}"))
+    ws = server.connect(f"/ws?since=0&epoch={first['epoch']}")  # a socket that was away
+    frames = []
+    while not frames or frames[-1]["cursor"] < store.cursor:
+        frame = ws.recv(timeout=10)
+        assert len(frame.encode()) <= limit
+        frames.append(json.loads(frame))
+
+    for answers in (pages, catching_up, frames):
+        assert len(answers) > 2  # several answers, each holding fewer than a page...
+        ids = [message["id"] for answer in answers for message in answer["messages"]]
+        assert sorted(ids) == list(range(1, 201))  # ...and together every message, once
+    assert [frame["cursor"] for frame in frames] == [answer["cursor"] for answer in catching_up]

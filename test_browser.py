@@ -12,15 +12,17 @@ Without Chromium these tests are skipped, except on CI (CI=true), where a
 missing browser is an error: a green CI must mean the browser tests ran.
 """
 
+import os
 import re
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from app import create_app
-from helpers import (BOTH_STORES, ON_CI, FlaskRun, LiveServer, RedisServer, close_app, flask_env, redis_settings,
-                     request, wait_until)
+from helpers import (BOTH_STORES, ON_CI, RECONNECT_TIMEOUT, FlaskRun, LiveServer, PageOpener, RedisServer, close_app,
+                     flask_env, message, messages, redis_settings, request, send, wait_until)
 
 try:
     from playwright.sync_api import expect
@@ -33,53 +35,8 @@ except ImportError:
 
 CHAT_PAGES = ["/polling", "/websocket"]
 
-# After a restart a page retries with a growing delay (up to about 6 s), so
-# reconnecting may take longer than the few seconds anything else is given.
-RECONNECT_TIMEOUT = 20_000
-
 
 # Fixtures
-
-
-class PageOpener:
-    """Opens each page in a new browser context and records what goes wrong in it."""
-
-    def __init__(self, browser):
-        self.browser = browser
-        self.contexts = []
-        self.problems = []
-
-    def __call__(self, url, network_errors_expected=False, init_script=None, clock=False, **context_options):
-        """Open `url` as a new person; `context_options` set their time zone, locale, ...
-
-        `init_script` runs in the page before the page's own scripts. With `clock`,
-        the page's timers run on Playwright's clock, so that `retry_now` can skip a wait.
-        """
-        context = self.browser.new_context(**context_options)
-        self.contexts.append(context)
-        if clock:
-            context.clock.install()  # time still flows as ever, until a test moves it on
-        if init_script:
-            context.add_init_script(init_script)
-        page = context.new_page()
-        page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
-        page.on("console", lambda message: self._console(page, message, network_errors_expected))
-        page.goto(url)
-        return page
-
-    def _console(self, page, message, network_errors_expected):
-        # The browser logs failed requests as console errors: when the server is
-        # stopped on purpose (net::ERR_CONNECTION_REFUSED, ...), or answers a
-        # request with an error on purpose. Those are expected, not problems.
-        network_error = "net::ERR_" in message.text or "Failed to load resource" in message.text
-        if message.type != "error" or (network_errors_expected and network_error):
-            return
-        self.problems.append(f"{page.url}: console error: {message.text}")
-
-    def close(self):
-        """Close every page this opener opened."""
-        for context in self.contexts:
-            context.close()
 
 
 @pytest.fixture
@@ -110,24 +67,6 @@ def open_chat(open_page):
 
 
 # Helpers
-
-
-def send(page, user, text):
-    """Fill in the form as a person would and press Send."""
-    page.get_by_label("Name").fill(user)
-    # exact: so that "Message" matches only the field, whatever else contains the word.
-    page.get_by_label("Message", exact=True).fill(text)
-    page.get_by_role("button", name="Send").click()
-
-
-def messages(page):
-    """The page's shown messages."""
-    return page.get_by_role("list", name="Conversation").get_by_role("listitem")
-
-
-def message(page, text):
-    """The shown message whose text contains `text`."""
-    return messages(page).filter(has_text=text)
 
 
 def vote_button(item, name):
@@ -871,7 +810,7 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
     page = open_page(server_on_own_redis.url + path, network_errors_expected=True, clock=True)  # 503s
 
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
-    expect(status).to_have_text("reconnecting")
+    expect(status).to_have_text("unavailable")  # the server answers; the chat behind it doesn't
     expect(alert).to_contain_text("can't be reached")
     own_redis.start()
     retry_now(page)
@@ -1017,3 +956,75 @@ def test_plain_polling_and_long_polling_pages_are_titled_apart(server, open_chat
     expect(long_polling).to_have_title(re.compile("^Long polling"))
     expect(plain_polling.get_by_role("heading", level=1)).to_have_text("Plain polling (every 2 s)")
     expect(plain_polling).to_have_title(re.compile(r"^Plain polling \(every 2 s\)"))
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clears_that_when_back(
+        flask_run, open_chat, path):
+    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    status, alert = page.get_by_role("status"), page.get_by_role("alert")
+
+    flask_run.stop()  # closes the page's WebSocket with 1001, "going away"
+
+    expect(status).to_have_text("reconnecting")
+    # Words that ask nothing of the reader, and stay true while the server is down.
+    expect(alert).to_have_text("The server is away; reconnecting by itself…")
+    flask_run.start()
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_be_hidden()
+
+
+def test_a_websocket_page_shows_a_stalled_redis_in_place_of_connected_never_both(
+        server_on_own_redis, own_redis, open_chat):
+    page = open_chat(server_on_own_redis.url + "/websocket", network_errors_expected=True)
+    status, alert = page.get_by_role("status"), page.get_by_role("alert")
+
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # Redis accepts connections, and never answers
+    try:
+        # Nobody sends anything: the page that only watches is told by a `status` frame.
+        expect(status).to_have_text("unavailable")
+        expect(status).to_have_attribute("data-state", "unavailable")
+        expect(alert).to_contain_text("Redis can't be reached")
+        expect(page.get_by_text("connected", exact=True)).to_have_count(0)
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+
+    expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
+    expect(alert).to_be_hidden()
+    expect(page.get_by_text("unavailable", exact=True)).to_have_count(0)
+
+
+PHONE = {"width": 375, "height": 700}
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_on_a_phone_the_message_field_takes_most_of_the_width_and_buttons_are_big_enough_to_touch(
+        server, open_chat, path):
+    post_message(server.url, "Azin", "Tap me")
+    page = open_chat(server.url + path, viewport=PHONE)
+    expect(message(page, "Tap me")).to_be_visible()
+
+    name, text = page.get_by_label("Name").bounding_box(), page.get_by_label("Message", exact=True).bounding_box()
+    assert text["width"] >= 0.66 * PHONE["width"]
+    assert name["width"] >= 120  # a name still fits
+    for button in (page.get_by_role("button", name="Send"), vote_button(message(page, "Tap me"), "Like 0"),
+                   vote_button(message(page, "Tap me"), "Dislike 0")):
+        assert button.bounding_box()["height"] >= 32
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # nothing off the side
+
+
+@pytest.mark.parametrize("path", CHAT_PAGES)
+def test_a_message_with_tabs_or_indented_lines_is_shown_as_code_in_monospace(server, open_chat, path):
+    post_message(server.url, "Azin", "def greet():\n    return 'hi'")
+    post_message(server.url, "Azin", "if x:\n\ty = 1")
+    post_message(server.url, "Azin", "Just words, on\ntwo lines")
+    page = open_chat(server.url + path)
+
+    def style_of(text):
+        return message(page, text).locator(".text").evaluate(
+            "element => [getComputedStyle(element).fontFamily, getComputedStyle(element).whiteSpace]")
+
+    for code in ("def greet", "if x:"):
+        font, white_space = style_of(code)
+        assert "monospace" in font and white_space in ("pre", "pre-wrap")  # tabs and indents kept
+    assert "monospace" not in style_of("Just words")[0]

@@ -38,6 +38,18 @@ def flask_runs(start, redis_url, tmp_path, count=2, **settings):
     return [start(FlaskRun(env=env, log=tmp_path / f"flask-{n}.log")) for n in range(count)]
 
 
+def receive_command(ws, command, timeout=10, skipped=None):
+    """Receive frames until one with `command`, skipping `status` frames (Redis comes and goes here); return it.
+
+    The frames skipped are added to the list `skipped`, if one is given.
+    """
+    while (frame := receive_json(ws, timeout))["command"] != command:
+        assert frame["command"] == "status", frame
+        if skipped is not None:
+            skipped.append(frame)
+    return frame
+
+
 @pytest.fixture
 def open_socket():
     """A function that opens a real WebSocket client (python-websockets); all are closed after the test."""
@@ -301,8 +313,8 @@ def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_retur
     assert b.request("GET", "/messages").status == 503
     assert a.request("GET", "/polling").status == 200  # pages don't need Redis
     ws.send(json.dumps({"command": "like", "id": 1, "ref": "while-down"}))
-    error = receive_json(ws, timeout=10)
-    assert error["command"] == "error" and error["ref"] == "while-down"
+    error = receive_command(ws, "error")
+    assert error["ref"] == "while-down"
     assert "Redis" in error["error"]
 
     redis_server.start()  # same port, same folder
@@ -348,8 +360,8 @@ def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_e
             assert a.request("GET", page).status == 200  # pages don't need Redis
         ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
                             "ref": "stalled"}))
-        error = receive_json(ws, timeout=10)
-        assert error["command"] == "error" and error["ref"] == "stalled" and "Redis" in error["error"]
+        error = receive_command(ws, "error")
+        assert error["ref"] == "stalled" and "Redis" in error["error"]
     finally:
         os.kill(redis_server.process.pid, signal.SIGCONT)
 
@@ -369,6 +381,38 @@ def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_e
     long_poll.join()
     assert texts([woken["answer"].json]) == ["woken"]
     assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
+
+
+def test_a_stalled_redis_refuses_the_first_request_within_redis_seconds_and_sockets_hear_of_it_in_status_frames(
+        start, tmp_path, open_socket):
+    redis_server = start(RedisServer(tmp_path))
+    [a] = flask_runs(start, redis_server.url, tmp_path, count=1)  # REDIS_SECONDS 2; flood control runs too
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "before"}).status == 201
+    watching = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+    assert receive_json(watching)["command"] == "messages"
+
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        # One deadline for the whole request: flood control and the write
+        # each waiting their 2 s would take 4 s, and this client gives up at 3.5.
+        answer = a.request("POST", "/messages", {"user": "Azin", "text": "stalled"}, timeout=3.5)
+        assert answer.status == 503 and "Redis" in answer.json["error"]
+        # A socket that only watches is told, and one that connects now hears it first.
+        down = receive_json(watching)
+        assert down["command"] == "status" and down["available"] is False and "Redis" in down["error"]
+        joining = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+        first = receive_json(joining)
+        assert first["command"] == "status" and first["available"] is False
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+    # Back: both hear it, once, and the one that joined gets its history.
+    assert receive_json(watching) == {"command": "status", "available": True}
+    assert receive_json(joining) == {"command": "status", "available": True}
+    assert texts([receive_json(joining)]) == ["before"]
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "after"}).status == 201
+    for ws in (watching, joining):
+        assert texts([receive_json(ws)]) == ["after"]
 
 
 def fill_until_out_of_memory(client):
@@ -405,13 +449,18 @@ def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_
     assert texts([receive_json(ws)]) == ["before"]
 
     refuse(client)
+    statuses = []
     for n in range(3):  # every time, not only the first
         answer = a.request("POST", "/messages", {"user": "Azin", "text": "refused"})
         assert answer.status == 503 and reason in answer.json["error"]
         ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
                             "ref": f"m-{n}"}))
-        error = receive_json(ws, timeout=10)
-        assert (error["command"], error["ref"]) == ("error", f"m-{n}") and reason in error["error"]
+        error = receive_command(ws, "error", skipped=statuses)
+        assert error["ref"] == f"m-{n}" and reason in error["error"]
+    # The socket hears that the chat can't be changed, once, with Redis's reason.
+    if not statuses:
+        statuses.append(receive_command(ws, "status"))
+    assert statuses[0]["available"] is False and reason in statuses[0]["error"] and len(statuses) == 1
     answer = a.request("GET", "/messages")
     if refusal == "out of memory":  # reads need no memory
         assert answer.status == 200 and texts([answer.json]) == ["before"]
@@ -424,6 +473,7 @@ def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_
     ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
     frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
     assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
+    assert {"command": "status", "available": True} in frames  # and now that it works again
     assert texts([a.get("/messages")]) == ["before", "after", "by socket"]
     a.stop()
     assert "Traceback" not in a.output()
@@ -445,6 +495,25 @@ def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(start, tm
 
 
 # The store alone
+
+
+def test_closing_a_redis_store_wakes_its_listener_instead_of_waiting_for_its_next_poll(shared_redis):
+    store = RedisStore(shared_redis.url, poll_seconds=60)
+    wait_until(lambda: store._listener.is_alive() and store.epoch)  # listening, and Redis answers
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(timeout=20)  # far less than the poll: only a wake-up ends it this soon
+    assert not closing.is_alive() and not store._listener.is_alive()
+
+
+def test_the_listener_reads_the_cursor_every_redis_poll_seconds_so_a_silent_flushall_is_noticed(
+        shared_redis, redis_store_on):
+    store = redis_store_on(shared_redis.url, poll_seconds=0.1)
+    store.add("Azin", "Hello!")
+    cursor = store.since(0)["cursor"]
+    wait_until(lambda: store.wait(cursor - 1, timeout=0))  # the listener has heard of it
+    shared_redis.client().flushall()  # publishes nothing
+    assert store.wait(cursor, timeout=20)  # a 60 s poll would not wake this in time
 
 
 class ReplyDropper:
@@ -559,8 +628,8 @@ def redis_store_on():
     """A function that makes a RedisStore on a Redis URL, as one process has; all are closed after the test."""
     made = []
 
-    def make(url):
-        made.append(RedisStore(url))
+    def make(url, **settings):
+        made.append(RedisStore(url, **settings))
         return made[-1]
 
     yield make

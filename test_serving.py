@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -19,10 +20,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from app import create_app
-from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_joining_while_others_post,
-                     close_app, close_code_received, flood_with_likes, frames_left, handshake, history,
-                     masked_text_frame, raw_websocket, read_server_frame, receive_json, receive_until, send_frame,
-                     texts, wait_until)
+from helpers import (PROJECT, PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_joining_while_others_post,
+                     close_app, close_code_received, flask_env, flood_after_headers, flood_with_likes, frames_left,
+                     free_port, handshake, history, masked_text_frame, raw_websocket, read_server_frame, receive_json,
+                     receive_until, redis_settings, send_frame, texts, trickle, wait_until)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 
@@ -142,16 +143,30 @@ def flask_run(tmp_path, **env):
     return FlaskRun(env=env, log=tmp_path / "flask.log")
 
 
+class FlaskDebugRun(FlaskRun):
+    """`flask --debug run`: a first process that restarts, at every saved file, a second that serves."""
+
+    name = "flask --debug run"
+
+    def command(self):
+        return [sys.executable, "-m", "flask", "--debug", "run", "--port", str(self.port)]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+@pytest.mark.parametrize("kind", ["flask run", "flask --debug run", "gunicorn"])
 def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(
-        kind, signum, start, tmp_path):
+        kind, signum, start, tmp_path, request):
     # The server is started with Ctrl+C's default disposition (FlaskRun's `default_sigint`),
     # as from a terminal, however this suite was started: a background job ignores SIGINT.
     if kind == "gunicorn":
-        server = start(Gunicorn(options=["-w", "2"], log=tmp_path / "server.log"))
+        # Two workers share one chat through Redis (without it, gunicorn.conf.py refuses to start).
+        redis_url = request.getfixturevalue("redis_server").url
+        server = start(Gunicorn(flask_env(redis_settings(redis_url)), options=["-w", "2"],
+                                log=tmp_path / "server.log"))
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
         wait_until(lambda: server.output().count("Room for") == 2)
+    elif kind == "flask --debug run":
+        server = start(FlaskDebugRun(log=tmp_path / "server.log"))
     else:
         server = start(flask_run(tmp_path))
     with ExitStack() as clients:
@@ -309,3 +324,97 @@ def test_under_gunicorn_a_client_that_never_reads_delays_no_one(gunicorn):
         assert [int(text.split()[0]) for text in texts(frames)] == list(range(total))
     finally:
         stalled.close()
+
+
+# Requests that trickle, and bodies that are refused
+
+
+def start_server(start, kind, tmp_path, env=None, options=()):
+    """Start the server `kind` ("flask run" or "gunicorn") with `start`, logging to the test's folder."""
+    if kind == "gunicorn":
+        return start(Gunicorn(env, options=options, log=tmp_path / "server.log"))
+    return start(FlaskRun(env=env, log=tmp_path / "server.log"))
+
+
+# A request gets one second; gunicorn gives its line and headers its keep-alive time.
+ONE_SECOND = {"FLASK_REQUEST_SECONDS": "1"}
+QUICK_GUNICORN = ["--keep-alive", "1"]
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_headers_trickled_a_byte_at_a_time_are_cut_off_while_others_are_served(kind, start, tmp_path):
+    server = start_server(start, kind, tmp_path, ONE_SECOND, QUICK_GUNICORN if kind == "gunicorn" else ())
+    endless_header = b"X-Slow: " + b"a" * 60000  # 50 minutes at this pace
+    with ThreadPoolExecutor() as pool:
+        trickling = pool.submit(trickle, server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                                endless_header)
+        assert server.request("GET", "/").status == 200
+        assert trickling.result() == b""  # closed, with no answer to an unfinished request
+
+
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_a_body_trickled_a_byte_at_a_time_gets_408_and_closes_and_nothing_is_stored(kind, start, tmp_path):
+    server = start_server(start, kind, tmp_path, ONE_SECOND)
+    body = json.dumps({"user": "slow", "text": "a" * 60000}).encode()
+    headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode()
+    answer = trickle(server.port, headers, body)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert history(server) == (0, [])
+
+
+@pytest.mark.parametrize("refusal, content_type", [(413, "application/json"), (415, "text/plain")])
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_a_refused_endless_body_is_not_read_on_and_others_are_served(
+        kind, refusal, content_type, start, tmp_path):
+    server = start_server(start, kind, tmp_path)
+    headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {100 * 10**9}\r\n\r\n").encode()
+    with ThreadPoolExecutor() as pool:
+        flooding = [pool.submit(flood_after_headers, server.port, headers) for _ in range(2)]
+        assert server.request("GET", "/").status == 200
+        for flood in flooding:
+            answer, _ = flood.result()  # the server closed the connection, long before 1 GB
+            assert answer.startswith(f"HTTP/1.1 {refusal}".encode()), answer[:200]
+            if kind == "flask run":  # gunicorn writes its own Connection header, whatever the app says
+                assert b"connection: close" in answer.lower()
+    assert server.request("GET", "/").status == 200
+
+
+# Mistakes refused or named
+
+
+def test_several_gunicorn_workers_without_redis_refuse_to_start_saying_what_to_set():
+    env = {key: value for key, value in os.environ.items() if key != "FLASK_REDIS_URL"}
+    refused = subprocess.run([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{free_port()}",
+                              "app:create_app()"], cwd=PROJECT, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0
+    assert "2 workers without FLASK_REDIS_URL would be 2 separate chats" in refused.stderr
+    assert "FLASK_REDIS_URL=redis://" in refused.stderr
+
+
+def test_the_start_up_log_names_the_in_memory_store(start, tmp_path):
+    server = start_server(start, "flask run", tmp_path)
+    server.stop()
+    assert "The chat is kept in this process's memory" in server.output()
+
+
+def test_the_start_up_log_names_the_redis_store_without_its_password(caplog):
+    url = f"redis://chat:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens: the app starts anyway
+    with caplog.at_level("INFO"):
+        app = create_app({"TESTING": True, "REDIS_URL": url})
+    close_app(app)
+    assert "The chat is kept in Redis at redis://chat:***@127.0.0.1:" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_werkzeug_is_left_as_it_is_outside_flask_run():
+    import werkzeug.serving
+
+    import serving
+
+    app = create_app({"TESTING": True})
+    close_app(app)
+    assert werkzeug.serving.ThreadedWSGIServer is not serving.ThreadedServer
+    assert not issubclass(werkzeug.serving.ThreadedWSGIServer, serving.ThreadedServer)

@@ -1,5 +1,6 @@
 """Unit tests of the store alone: no Flask, no sockets."""
 
+import json
 import threading
 import time
 from datetime import datetime, timezone
@@ -213,3 +214,47 @@ def test_concurrent_adds_from_many_threads_lose_nothing(make_store):
     assert store.cursor == total
     assert [m["id"] for m in messages] == list(range(1, total + 1))
     assert len({m["text"] for m in messages}) == total
+
+
+def answer_bytes(answer):
+    """The size of an answer as the app sends it: compact UTF-8 JSON, as a WebSocket frame (the larger)."""
+    return len(json.dumps({"command": "messages", **answer}, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def test_long_messages_make_pages_of_fewer_messages_none_over_max_answer_bytes_and_nothing_lost_or_doubled(
+        make_store):
+    store = make_store(max_answer_bytes=20_000)
+    for n in range(40):
+        store.add("Azin", f"{n:02} " + "😀" * 997)  # about 4 KB of JSON each
+    store.like(3)
+    store.like(1)
+
+    first = store.since(0)
+    assert 1 < len(first["messages"]) < 40 and first["more"] is True
+    pages = [first]
+    while pages[-1]["more"]:  # "Load older", down to the first message
+        pages.append(store.before(pages[-1]["messages"][0]["id"], 200))
+    catching_up = [store.since(0, store.epoch)]  # a client that has nothing, catching up change by change
+    while catching_up[-1]["cursor"] < store.cursor:
+        catching_up.append(store.since(catching_up[-1]["cursor"], store.epoch))
+
+    for answers in (pages, catching_up):
+        assert all(answer_bytes(answer) <= 20_000 for answer in answers)
+        assert all(answer["messages"] for answer in answers)
+        ids = [message["id"] for answer in answers for message in answer["messages"]]
+        assert sorted(ids) == list(range(1, 41))  # every message, once
+    # Catching up goes in the order of the latest changes: 1 and 3 come last, liked.
+    last = {m["id"]: m for m in catching_up[-1]["messages"]}
+    assert last[1]["likes"] == last[3]["likes"] == 1
+    cursors = [answer["cursor"] for answer in catching_up]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+
+
+def test_an_answer_holds_at_least_one_message_however_small_max_answer_bytes_is(make_store):
+    store = make_store(max_answer_bytes=300)
+    for n in range(3):
+        store.add("Azin", "x" * 1000)
+    assert [m["id"] for m in store.since(0)["messages"]] == [3]
+    assert [m["id"] for m in store.before(3, 200)["messages"]] == [2]
+    assert [m["id"] for m in store.since(1, store.epoch)["messages"]] == [2]
+    assert store.since(1, store.epoch)["cursor"] == 2

@@ -3,7 +3,8 @@
 Run from the project root, in the project's virtual environment:
 
     .venv/bin/python bench/run.py                   # the full run, about 3 minutes
-    .venv/bin/python bench/run.py --quick           # a smoke run of about 20 seconds, with smaller numbers
+    .venv/bin/python bench/run.py --quick           # a smoke run of about 20 seconds, with smaller numbers;
+                                                    # it judges no goal of the production command
     .venv/bin/python bench/run.py --redis           # the Redis store on two processes, about 8 minutes
     .venv/bin/python bench/run.py --redis --quick   # its smoke run, about 40 seconds
 
@@ -187,13 +188,16 @@ def print_production_targets(results, scenarios, memory, idle_sockets):
         (f"MB with {idle_sockets:,} idle WebSockets", memory.get("gunicorn", (0, None))[1],
          memory.get("baseline", (0, None))[1], "<=", PRODUCTION_TARGETS["memory"]),
     ]
+    # The goals are for the full run's numbers: at --quick's 500 sockets, each
+    # server's fixed memory weighs more, and the ratio says little about 5000.
+    judged = idle_sockets == IDLE_SOCKETS["full"]
     for label, ours, baseline, sign, target in rows:
         if ours is None or baseline is None:
             print(f"{label:<50} {'':>10} {'':>10} {'':>7}   target {sign} {target}   not measured")
             continue
         value = ours / baseline
-        print(f"{label:<50} {ours:>10.1f} {baseline:>10.1f} {value:>7.2f}"
-              f"   target {sign} {target}   {verdict(value, sign, target)}")
+        outcome = verdict(value, sign, target) if judged else "not judged: a smoke run"
+        print(f"{label:<50} {ours:>10.1f} {baseline:>10.1f} {value:>7.2f}   target {sign} {target}   {outcome}")
 
 
 def benchmark_redis(logs, size, rounds):

@@ -1,10 +1,12 @@
-"""Make docs/screenshot.png for the README: the polling and WebSocket pages side by side.
+"""Make the README's pictures: docs/screenshot.png, the polling and WebSocket pages side by side,
+and docs/phone-375.png and docs/wide-1200.png, the chat at a phone's width and a laptop's.
 
 Run it from the project folder: .venv/bin/python docs/screenshot.py
 
 It starts the app with `flask run` on a free port, has a short conversation
 over plain HTTP, then photographs each chat page as a different person in
-headless Chromium and puts the two pictures next to each other.
+headless Chromium (Debian's, if installed) and puts the first two pictures
+next to each other.
 """
 
 import base64
@@ -17,10 +19,12 @@ from playwright.sync_api import expect, sync_playwright
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
-from conftest import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
+from helpers import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
 
 OUTPUT = PROJECT / "docs" / "screenshot.png"
 WIDTH, HEIGHT, GAP = 600, 820, 16
+# (file, page, viewport width and height): a phone, and a laptop.
+WIDTHS = [("phone-375.png", "/websocket", 375, 740), ("wide-1200.png", "/polling", 1200, 800)]
 
 CONVERSATION = [
     ("Azin", "Hi all! Has anyone tried the WebSocket page yet?"),
@@ -56,9 +60,9 @@ def have_the_conversation(base_url):
                 post(base_url, f"/messages/{message_id}/{kind}")
 
 
-def photograph(browser, url, name, draft):
+def photograph(browser, url, name, draft, width=WIDTH, height=HEIGHT):
     """Open `url` as `name`, with `draft` typed but not sent, and return a PNG of the window."""
-    context = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}, locale="en-US")
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="en-US")
     page = context.new_page()
     page.goto(url)
     expect(page.get_by_role("status")).to_have_text("connected")
@@ -96,10 +100,14 @@ def main():
                                  "Try it while the server restarts!")
             websocket = photograph(browser, server.url + "/websocket", "Ben", "See you in class")
             OUTPUT.write_bytes(side_by_side(browser, polling, websocket))
+            print(f"Wrote {OUTPUT.relative_to(PROJECT)}")
+            for file, path, width, height in WIDTHS:
+                png = photograph(browser, server.url + path, "Dana", "On my phone", width, height)
+                (OUTPUT.parent / file).write_bytes(png)
+                print(f"Wrote docs/{file}")
             browser.close()
     finally:
         server.stop()
-    print(f"Wrote {OUTPUT.relative_to(PROJECT)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 // The polling page's transport: long polling GET /messages, sending with POST.
-import { startChat } from "./chat.js";
+import { SERVER_AWAY, startChat } from "./chat.js";
 import { backoff, getJSON, postJSON, sleep } from "./http.js";
 
 const chat = startChat({
@@ -26,9 +26,10 @@ while (true) {
     retryMs = 0;
     if (interval) await sleep(interval * 1000);
   } catch (error) {
-    // The server may say why it can't answer (503: Redis is down, say). If it
-    // can't be reached at all, "reconnecting" says it all.
-    chat.setStatus(navigator.onLine ? "reconnecting" : "offline", error.fromServer ? error.message : "");
+    // The server may say why it can't answer (503: Redis is down, say), or
+    // not be there at all (stopped, restarting): then the page says so.
+    if (error.fromServer && error.aboutConnection) chat.setStatus("unavailable", error.message);
+    else chat.setStatus(navigator.onLine ? "reconnecting" : "offline", error.fromServer ? error.message : SERVER_AWAY);
     retryMs = backoff(retryMs);
     await sleep(retryMs);
   }

@@ -1,5 +1,5 @@
 // The WebSocket page's transport: one socket to /ws for receiving and sending.
-import { startChat } from "./chat.js";
+import { SERVER_AWAY, startChat } from "./chat.js";
 import { backoff, connectionError, getJSON } from "./http.js";
 import { sent, watchSocket } from "./wire.js"; // lists what travels, in the page's wire panel
 
@@ -12,6 +12,7 @@ let socket = null;
 let retryMs = 0;
 let newestId = 0; // the highest message id received, so our own new message can be told apart
 let lastRef = 0;
+let chatAvailable = true; // false while the server says it can't serve the chat (a `status` frame)
 // Messages on their way, by the "ref" sent with them: { message, after, resolve, reject }.
 const sending = new Map();
 
@@ -67,7 +68,7 @@ function connect() {
     switch (frame.command) {
       case "messages":
         chat.apply(frame);
-        chat.setStatus("connected");
+        if (chatAvailable) chat.setStatus("connected");
         retryMs = 0;
         confirmSends(frame.messages);
         if (frame.reset) newestId = 0;
@@ -83,6 +84,15 @@ function connect() {
           chat.showError(frame.error, frame.ref === undefined);
         }
         break;
+      case "status":
+        // The server is there, but the chat behind it (Redis) can't be read or
+        // changed, or can again: say so in place of "connected".
+        // What went wrong while it couldn't (a refused send, say) is old news once it can.
+        if (frame.available && !chatAvailable) chat.showError("");
+        chatAvailable = frame.available;
+        if (chatAvailable) chat.setStatus("connected");
+        else chat.setStatus("unavailable", frame.error);
+        break;
       default:
         // A newer server may send kinds of frames this page doesn't know yet.
         console.warn("Ignoring a frame with an unknown command:", frame.command);
@@ -96,7 +106,11 @@ function connect() {
     const aboutConnection = !PAGE_AT_FAULT.includes(event.code);
     rejectSends(Object.assign(new Error(reason), { aboutConnection }));
     chat.setStatus(navigator.onLine ? "reconnecting" : "offline");
-    if (event.reason) chat.showError(event.reason, aboutConnection);
+    chatAvailable = true; // the next connection says otherwise if it must
+    // Going away (1001: stopping, restarting) or gone without a word: the page
+    // reconnects by itself, and says so. Any other reason is the server's own.
+    const away = event.code === 1001 || !event.reason;
+    chat.showError(away ? SERVER_AWAY : event.reason, aboutConnection);
     retryMs = backoff(retryMs);
     setTimeout(connect, retryMs);
   });
