@@ -22,7 +22,7 @@ import pytest
 
 from app import create_app
 from helpers import (BOTH_STORES, ON_CI, RECONNECT_TIMEOUT, FlaskRun, LiveServer, PageOpener, RedisServer, close_app,
-                     flask_env, message, messages, redis_settings, request, send, wait_until)
+                     flask_env, message, messages, redis_settings, request, retry_now, send, wait_until)
 
 try:
     from playwright.sync_api import expect
@@ -104,15 +104,6 @@ def let_the_page_run_until(page, condition, complaint):
 def wait_for_held_request(page, held, complaint):
     """Let the page run (up to 5 s) until it has made a request that the test's route holds in `held`."""
     let_the_page_run_until(page, lambda: held, complaint)
-
-
-def retry_now(page):
-    """Skip the wait before the page's next try to reach the server (its backoff, up to about 6 s).
-
-    The page must have been opened with `clock=True`. Should it be trying
-    right now instead, it waits as ever: this only saves time.
-    """
-    page.clock.fast_forward(7000)
 
 
 def other_page(path):

@@ -18,7 +18,8 @@ from contextlib import ExitStack
 import pytest
 
 from helpers import (ON_CI, PROJECT, RECONNECT_TIMEOUT, Client, Gunicorn, PageOpener, flask_env, flood_after_headers,
-                     free_port, messages, receive_json, receive_until, request, send, texts, trickle, wait_until)
+                     free_port, messages, receive_json, receive_until, request, retry_now, send, texts, trickle,
+                     wait_until)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SHORTER = {"client_header_timeout 10s;": "client_header_timeout 1s;",
@@ -234,11 +235,13 @@ def pages(browser):
     assert problems == [], "JavaScript errors in the pages:\n" + "\n".join(problems)
 
 
+# gunicorn waits this long for the polling page's long poll when it stops, not its default 10 s.
+@pytest.mark.config(gunicorn_options=["--graceful-timeout", "2"])
 def test_through_nginx_both_pages_chat_in_chromium_and_reconnect_after_gunicorn_restarts(behind_nginx, pages):
     from playwright.sync_api import expect
 
-    polling = pages(behind_nginx.url + "/polling", network_errors_expected=True)
-    websocket = pages(behind_nginx.url + "/websocket", network_errors_expected=True)
+    polling = pages(behind_nginx.url + "/polling", network_errors_expected=True, clock=True)
+    websocket = pages(behind_nginx.url + "/websocket", network_errors_expected=True, clock=True)
     for page in (polling, websocket):
         expect(page.get_by_role("status")).to_have_text("connected")
     send(polling, "Azin", "Through nginx, by polling")
@@ -251,6 +254,8 @@ def test_through_nginx_both_pages_chat_in_chromium_and_reconnect_after_gunicorn_
     for page in (polling, websocket):
         expect(page.get_by_role("status")).not_to_have_text("connected")
     app.start()
+    for page in (polling, websocket):
+        retry_now(page)
     for page in (polling, websocket):
         expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     send(websocket, "Ben", "After the restart")
