@@ -14,6 +14,9 @@ import math
 import threading
 import time
 from collections import Counter
+from functools import partial
+
+from flask import current_app, request
 
 
 class TokenBucket:
@@ -87,6 +90,11 @@ class FrameAllowance:
     def flooding(self):
         """True once a burst's worth of frames in a row were refused: the client isn't listening."""
         return self.refused_in_a_row > 3 * self.buckets.rate
+
+
+def frame_pace():
+    """For a WebSocket handshake: a function that spends a token of the client's address (connection.py's `pace`)."""
+    return partial(current_app.extensions["chat"].changes_per_address.take, request.remote_addr)
 
 
 class Places:

@@ -443,8 +443,8 @@ def test_a_socket_whose_reading_fails_unexpectedly_is_closed_with_1011_and_frees
     def out_of_memory():
         raise MemoryError("injected by the test: reading ran out of memory")
 
-    # The route's thread hands every read's bytes to this method of simple-websocket's.
-    subscriber.connection._ws._handle_events = out_of_memory
+    # The route's thread hands every read's bytes to wsproto, then acts on its events here.
+    subscriber.connection._handle_events = out_of_memory
     victim.send(send_message_command("never carried out"))
     with pytest.raises(ConnectionClosed) as closed:
         victim.recv(timeout=10)

@@ -215,7 +215,7 @@ def test_a_send_error_on_some_sockets_does_not_stop_the_broadcast_to_the_others(
     # Shut down the sending side of the server's end of the raw sockets:
     # they stay registered, but every send to them now fails.
     for subscriber in broadcaster.subscribers:
-        server_end = subscriber.connection._socket._raw
+        server_end = subscriber.connection._sock
         if server_end.getpeername()[1] in [raw.getsockname()[1] for raw in broken]:
             server_end.shutdown(socket.SHUT_WR)
     for text in ("one", "two"):
