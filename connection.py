@@ -1,29 +1,18 @@
-"""One WebSocket connection after the handshake: wsproto's state machine, and our own reading and writing.
+"""One WebSocket after its handshake: wsproto's state machine, and our own reading and writing.
 
-flask-sock and simple-websocket do the handshake. After it, this module does
-the rest itself, on wsproto's public API (read bytes, `receive_data`, handle
-`events()`, write what `send()` returns; `state` says where the closing
-handshake stands), because simple-websocket's reader thread can't be bounded:
-
-- Sending never blocks and never queues without bound: the broadcaster gives
-  a client one frame at a time (`offer`), and a client that takes none of our
-  bytes for STALL_SECONDS is hung up on. The kernel's send buffer is kept
-  small, so a client that reads nothing is seen as stalled within seconds,
-  not after the kernel has taken megabytes for it.
-- Receiving is bounded: the socket is read only when the route asks for the
-  next message; a message is counted in bytes as its fragments arrive, and
-  closes with 1009 the moment it passes the limit; every frame that is not a
-  message's last (pings, pongs, fragments) costs from the client's allowance
-  (`pace`), so a flood of tiny frames gets the CPU only at the rate limit.
-- Every wait for the client has a deadline: a ping every `ping_interval`, and
-  a close when the last one went unanswered, TLS included.
-- Every connection ends with a close frame and nothing after it. Frames that
-  came before the client's close frame are carried out first, so any error
-  or `sent` frame they cause goes out before our answer to its close.
-- `close_all` closes every connection with 1001 when the server stops.
-
-simple-websocket's `sock` and `ws` (the socket, and the wsproto connection
-its handshake opened) are undocumented: test_internals.py exercises both.
+simple-websocket does the handshake; then the route's own thread does the rest
+on wsproto's public API (`receive_data`, `events()`, `send()`, `state`), so
+that each limit sits where the bytes are:
+- sending never blocks: the broadcaster offers one frame at a time, and a
+  client that takes none of our bytes for STALL_SECONDS is hung up on (a small
+  kernel send buffer lets us see it, and bounds what it pins);
+- a message is counted in bytes as its fragments arrive (1009 as it passes the
+  limit), and every other frame (pings, pongs, fragments) costs from the
+  address's allowance, so a flood of tiny frames gets no more CPU than that;
+- every wait has a deadline: a ping each `ping_interval`, TLS included;
+- every connection ends with a close frame and nothing after: what came before
+  the client's close frame is carried out, and answered, before ours.
+simple-websocket's `sock` and `ws` are undocumented: test_internals.py checks both.
 """
 
 import logging
@@ -46,19 +35,17 @@ from wsproto.frame_protocol import CloseReason, FrameProtocol
 MAX_QUEUED_BYTES = 65536
 # The kernel's send buffer for each WebSocket (Linux doubles it): what a client that reads nothing can pin.
 SEND_BUFFER_BYTES = 65536
-# Read this many bytes at a time: the most a message can pass its limit by before we see it.
-RECEIVE_BYTES = 16384
+# Read, and give a TLS socket, at most this much at once (one TLS record): what a message may pass its limit by.
+CHUNK_BYTES = 16384
 # A client whose frames wait for its allowance this long without a break is closed with 1008.
 FLOOD_SECONDS = 5
-# A TLS socket is given at most one TLS record at once.
-TLS_RECORD_BYTES = 16384
 
-# The connections open in this process, so that a server that stops can close
-# them all; notified whenever one ends, so that it can wait for them.
+# The connections open in this process, so that a stopping server can close them all and wait for them.
 open_connections = set()
 open_connections_changed = threading.Condition()
 
 log = logging.getLogger(__name__)
+OPEN, REMOTE_CLOSING, LOCAL_CLOSING = ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING, ConnectionState.LOCAL_CLOSING
 
 
 class Sock(flask_sock.Sock):
@@ -69,7 +56,7 @@ class Sock(flask_sock.Sock):
         super().__init__(app)
 
     def init_app(self, app):
-        """Register the routes; simple-websocket only does the handshake (its reader thread never starts)."""
+        """Register the routes; simple-websocket does only the handshake (its reader thread never starts)."""
         super().init_app(app)
         app.config.setdefault("STALL_SECONDS", 5)
         app.config.setdefault("CLOSE_SECONDS", 2)
@@ -78,7 +65,6 @@ class Sock(flask_sock.Sock):
 
     def route(self, path, bp=None, **kwargs):
         """Register a WebSocket route, as flask-sock's `route` does."""
-
         def decorator(handler):
             @wraps(handler)
             def serve(ws, *args, **kwargs):
@@ -96,7 +82,6 @@ class Sock(flask_sock.Sock):
                             open_connections_changed.notify_all()
 
             return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
-
         return decorator
 
 
@@ -125,11 +110,9 @@ class Connection:
         # The route's thread reads and writes, the broadcaster writes, close_all closes: one at a time.
         self._lock = threading.Lock()
         self._queue = deque()  # bytes to send, in order, as [view, offered]; the first may be partly sent
-        self._offered_waiting = False
-        self._sent_bytes_waiting = 0
+        self._offered_waiting, self._sent_bytes_waiting = False, 0
         self._last_progress = self._last_ping = time.monotonic()
-        self._awaiting_pong = False
-        self._hung_up = False
+        self._awaiting_pong = self._hung_up = False
         self._messages = deque()  # whole messages read and not yet carried out
         self._parts, self._size = [], 0  # the message arriving, and its size in bytes
         self._client_close = None  # the client's close frame, answered once the messages before it are carried out
@@ -146,12 +129,12 @@ class Connection:
     @property
     def connected(self):
         """True until the connection starts to close, from either side."""
-        return self._protocol.state is ConnectionState.OPEN and not self._hung_up
+        return self._protocol.state is OPEN and not self._hung_up
 
     def send(self, text):
         """Send one text frame, unless our close frame has gone out; never blocks."""
         with self._lock:
-            if self._protocol.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if self._protocol.state in (OPEN, REMOTE_CLOSING):
                 # Not wsproto's send, which refuses once the client's close frame came: what came before it counts.
                 self._write(encode_text_frame(text))
 
@@ -176,8 +159,7 @@ class Connection:
         """Yield each message the client sends (text, or bytes) until the connection ends."""
         while True:
             if self._messages:
-                if self._hung_up or self._protocol.state not in (ConnectionState.OPEN,
-                                                                  ConnectionState.REMOTE_CLOSING):
+                if self._hung_up or self._protocol.state not in (OPEN, REMOTE_CLOSING):
                     return  # after we closed, or the connection broke, nothing is carried out
                 yield self._messages.popleft()
             elif self._client_close:  # the messages before its close frame are carried out: answer it
@@ -213,39 +195,47 @@ class Connection:
 
     def _send_event(self, event):
         """Queue what wsproto makes of `event`, if its state allows (no ping after a close frame); never waits."""
+        # A close frame may be ours, or our answer to the client's.
+        allowed = (OPEN, REMOTE_CLOSING) if isinstance(event, CloseConnection) else (OPEN,)
         with self._lock:
-            allowed = [ConnectionState.OPEN]
-            if isinstance(event, CloseConnection):  # ours, or our answer to the client's
-                allowed.append(ConnectionState.REMOTE_CLOSING)
             if not self._hung_up and self._protocol.state in allowed:
                 self._write(self._protocol.send(event))
 
     def _read_more(self):
         """Wait for the client's next frames, pinging while none come, and handle them; False once it ended."""
-        while self._protocol.state is ConnectionState.OPEN and not self._hung_up:
+        while self._protocol.state is OPEN and not self._hung_up:
             deadline = self._last_ping + self.ping_interval if self.ping_interval else math.inf
             if self._queue:  # a client that takes none of our bytes is hung up on, quiet chat or not
                 deadline = min(deadline, self._last_progress + self.stall_seconds)
-            timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
-            ready = wait_until_ready(self._sock, select.POLLIN | (select.POLLOUT if self._queue else 0), timeout)
-            if self._queue:
-                self.push()
-            if ready & ~select.POLLOUT:
-                data = self._receive()
-                if data is None:
-                    continue  # a TLS record not yet whole: wait on, with the same deadlines
-                if not data:
-                    return False  # the client went away, or we hung up
+            data = self._wait_for_bytes(deadline)
+            if data == b"":
+                return False  # the client went away, or we hung up
+            if data:
                 with self._lock:
                     self._protocol.receive_data(data)
                 return self._handle_events()
             if self.ping_interval and time.monotonic() >= self._last_ping + self.ping_interval:
-                if self._awaiting_pong:
+                if self._awaiting_pong:  # the last ping went unanswered
                     self._send_event(CloseConnection(CloseReason.POLICY_VIOLATION, "Ping/Pong timeout"))
                     return False
                 self._send_event(Ping())
                 self._awaiting_pong, self._last_ping = True, time.monotonic()
         return False
+
+    def _wait_for_bytes(self, deadline):
+        """Send what waits while waiting for the client's bytes; return them, None if none came, b"" if it left."""
+        timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
+        ready = wait_until_ready(self._sock, select.POLLIN | (select.POLLOUT if self._queue else 0), timeout)
+        if self._queue:
+            self.push()
+        if not ready & ~select.POLLOUT:
+            return None
+        try:
+            return self._sock.recv(CHUNK_BYTES)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None  # a TLS record not yet whole
+        except OSError:
+            return b""
 
     def _handle_events(self):
         """Act on the frames wsproto has parsed: answer pings, collect messages; False once closing."""
@@ -266,7 +256,7 @@ class Connection:
             elif isinstance(event, Pong):
                 self._awaiting_pong = False
             elif isinstance(event, CloseConnection):
-                if self._protocol.state is ConnectionState.REMOTE_CLOSING:
+                if self._protocol.state is REMOTE_CLOSING:
                     self._client_close = event
                     return True
                 self._send_event(event)  # a protocol error: wsproto says which (1002, 1007)
@@ -292,41 +282,28 @@ class Connection:
             time.sleep(wait)  # the rest waits in wsproto, and in TCP
         return True
 
-    def _receive(self):
-        """Read what the client sent: bytes, b"" once it has gone, None if nothing whole came yet (TLS)."""
-        try:
-            return self._sock.recv(RECEIVE_BYTES)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return None
-        except OSError:
-            return b""
-
     def _finish_closing(self):
         """Send our close frame, then read until the client's answer and its end of TCP (CLOSE_SECONDS at most)."""
         deadline = time.monotonic() + self.close_seconds
         shut_down = False
         # A socket closed with bytes unread is reset, which can lose our close frame before the client reads it.
-        while (remaining := deadline - time.monotonic()) > 0 and not self._hung_up:
-            if not self._queue and not shut_down:  # our close frame is out: say so with our end of TCP
-                # (A TLS socket shut down halfway can't decrypt what still comes: it waits for the hang-up.)
-                if not isinstance(self._sock, ssl.SSLSocket):
-                    try:
-                        self._sock.shutdown(socket.SHUT_WR)
-                    except OSError:
-                        pass
+        while time.monotonic() < deadline and not self._hung_up:
+            # Our close frame is out: our end of TCP says so at once. (A TLS socket shut
+            # down halfway can't decrypt what still comes: it waits for the hang-up.)
+            if not self._queue and not shut_down and not isinstance(self._sock, ssl.SSLSocket):
                 shut_down = True
-            ready = wait_until_ready(self._sock, select.POLLIN | (select.POLLOUT if self._queue else 0), remaining)
-            if self._queue:
-                self.push()
-            if ready & ~select.POLLOUT:
-                data = self._receive()
-                if data == b"":
-                    return
-                if data and self._protocol.state is ConnectionState.LOCAL_CLOSING:
-                    with self._lock:
-                        self._protocol.receive_data(data)
-                        for _ in self._protocol.events():
-                            pass  # sent after our close frame: never carried out
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            data = self._wait_for_bytes(deadline)
+            if data == b"":
+                return
+            if data and self._protocol.state is LOCAL_CLOSING:
+                with self._lock:
+                    self._protocol.receive_data(data)
+                    for _ in self._protocol.events():
+                        pass  # sent after our close frame: never carried out
 
     # Called with the lock held
 
@@ -356,7 +333,7 @@ class Connection:
         while self._queue and not self._hung_up:
             first, offered = self._queue[0]
             try:
-                sent = self._sock.send(first[:TLS_RECORD_BYTES] if isinstance(self._sock, ssl.SSLSocket) else first)
+                sent = self._sock.send(first[:CHUNK_BYTES] if isinstance(self._sock, ssl.SSLSocket) else first)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
@@ -380,8 +357,7 @@ class Connection:
         # for the client's bytes, wakes up to find none, and ends.
         self._hung_up = True
         self._queue.clear()
-        self._offered_waiting = False
-        self._sent_bytes_waiting = 0
+        self._offered_waiting, self._sent_bytes_waiting = False, 0
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

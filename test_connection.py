@@ -22,7 +22,15 @@ from flask import Flask
 from websockets.sync.client import connect
 from wsproto.frame_protocol import FrameProtocol
 
-from conftest import PROJECT, FlaskRun, Gunicorn, LiveServer, free_port, raw_websocket, wait_until
+from conftest import (
+    PROJECT,
+    FlaskRun,
+    Gunicorn,
+    LiveServer,
+    free_port,
+    raw_websocket,
+    wait_until,
+)
 from connection import Sock
 
 # Seconds: long enough not to blame a busy machine, short enough to catch a hang.
@@ -129,6 +137,57 @@ def test_a_message_whose_fragments_pass_the_limit_in_bytes_closes_with_1009_befo
         while (frame := read_frame(raw))[0] != 0x8:
             pass
         assert int.from_bytes(frame[1][:2], "big") == 1009
+    finally:
+        raw.close()
+
+
+# Protocol errors, as the Autobahn test suite checks them
+
+
+def masked_frame(first_byte, payload, length=None):
+    """A client frame byte by byte: FIN, RSV and opcode in `first_byte`; masked with a zero mask."""
+    length = len(payload) if length is None else length
+    header = bytes([first_byte, 0x80 | length]) if length < 126 else \
+        bytes([first_byte, 0x80 | 126]) + length.to_bytes(2, "big")
+    return header + b"\0\0\0\0" + payload
+
+
+PROTOCOL_ERRORS = {
+    "invalid UTF-8 in a text frame": (masked_frame(0x81, b"caf\xc3"), 1007),
+    "a reserved bit set": (masked_frame(0x81 | 0x40, b"hi"), 1002),
+    "an unknown opcode": (masked_frame(0x83, b"hi"), 1002),
+    "a fragmented ping": (masked_frame(0x09, b"hi"), 1002),
+    "a ping of 126 bytes": (masked_frame(0x89, b"p" * 126), 1002),
+    "a close code no one may send": (masked_frame(0x88, (1005).to_bytes(2, "big")), 1002),
+}
+
+
+@pytest.mark.parametrize("error", PROTOCOL_ERRORS)
+def test_protocol_errors_close_with_the_code_rfc_6455_names_and_nothing_after(running, error):
+    frame, code = PROTOCOL_ERRORS[error]
+    raw = raw_websocket(running.port)
+    try:
+        read_frame(raw)
+        raw.sendall(frame)
+        frames = split_frames(read_until_hung_up(raw))
+    finally:
+        raw.close()
+    assert [opcode for opcode, _ in frames] == [0x8]
+    assert int.from_bytes(frames[0][1][:2], "big") == code
+
+
+def test_a_ping_inside_a_fragmented_message_is_answered_before_the_message_is_carried_out(running):
+    text = json.dumps({"command": "send-message", "ref": "r-3", "message": {"user": "Azin", "text": "split"}})
+    client = client_frames()
+    raw = raw_websocket(running.port)
+    try:
+        read_frame(raw)
+        raw.sendall(client.send_data(text[:10], fin=False) + client.ping(b"between") + client.send_data(text[10:]))
+        raw.settimeout(PROMPTLY)
+        replies = []
+        while not replies or replies[-1][0] != 0x1 or json.loads(replies[-1][1])["command"] != "sent":
+            replies.append(read_frame(raw))
+        assert replies[0] == (0xA, b"between")
     finally:
         raw.close()
 
