@@ -109,8 +109,8 @@ class Connection:
         self.pace = pace  # returns 0, or how long to read nothing: frames cost from the client's allowance
         # The route's thread reads and writes, the broadcaster writes, close_all closes: one at a time.
         self._lock = threading.Lock()
-        self._queue = deque()  # bytes to send, in order, as [view, offered]; the first may be partly sent
-        self._offered_waiting, self._sent_bytes_waiting = False, 0
+        self._out = bytearray()  # bytes on their way to the client, in order
+        self._offered_until = 0  # where in them the offered frame ends (0: none waits)
         self._last_progress = self._last_ping = time.monotonic()
         self._awaiting_pong = self._hung_up = False
         self._messages = deque()  # whole messages read and not yet carried out
@@ -141,19 +141,19 @@ class Connection:
     def offer(self, frame):
         """Queue ready-made frame bytes, unless the last ones are still on their way; return whether queued."""
         with self._lock:
-            if not self.connected or self._offered_waiting:
+            if not self.connected or self._offered_until:
                 return False
-            self._append(frame, offered=True)
-            self._send_queued()
+            self._write(frame, offered=True)
+            self._offered_until = len(self._out)
             return True
 
     def push(self):
         """Send what waits for this client, as far as its socket takes it; True if no offered frame waits."""
-        if not self._queue:  # the usual case: no need to wait for the lock
+        if not self._out:  # the usual case: no need to wait for the lock
             return True
         with self._lock:
-            self._send_queued()
-            return not self._offered_waiting
+            self._send_some()
+            return not self._offered_until
 
     def __iter__(self):
         """Yield each message the client sends (text, or bytes) until the connection ends."""
@@ -205,7 +205,7 @@ class Connection:
         """Wait for the client's next frames, pinging while none come, and handle them; False once it ended."""
         while self._protocol.state is OPEN and not self._hung_up:
             deadline = self._last_ping + self.ping_interval if self.ping_interval else math.inf
-            if self._queue:  # a client that takes none of our bytes is hung up on, quiet chat or not
+            if self._out:  # a client that takes none of our bytes is hung up on, quiet chat or not
                 deadline = min(deadline, self._last_progress + self.stall_seconds)
             data = self._wait_for_bytes(deadline)
             if data == b"":
@@ -225,11 +225,15 @@ class Connection:
     def _wait_for_bytes(self, deadline):
         """Send what waits while waiting for the client's bytes; return them, None if none came, b"" if it left."""
         timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
-        ready = wait_until_ready(self._sock, select.POLLIN | (select.POLLOUT if self._queue else 0), timeout)
-        if self._queue:
+        # A TLS socket may hold bytes it has decrypted already, which poll can't see.
+        if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
+            # poll opens no file (an epoll selector would), and gevent's patched poll waits in a greenlet.
+            poll = select.poll()
+            poll.register(self._sock, select.POLLIN | (select.POLLOUT if self._out else 0))
+            ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
             self.push()
-        if not ready & ~select.POLLOUT:
-            return None
+            if not ready or not ready[0][1] & ~select.POLLOUT:
+                return None
         try:
             return self._sock.recv(CHUNK_BYTES)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -247,10 +251,9 @@ class Connection:
                 self._paced_seconds = 0  # it sent nothing more: it keeps within its allowance
                 return True
             # Every frame but a message's last (which the route counts) costs from the client's allowance.
-            if isinstance(event, (Ping, Pong)) or isinstance(event, Message) and event.frame_finished and \
-                    not event.message_finished:
-                if not self._pay():
-                    return False
+            piece = isinstance(event, Message) and event.frame_finished and not event.message_finished
+            if (piece or isinstance(event, (Ping, Pong))) and not self._pay():
+                return False
             if isinstance(event, Ping):  # answered at once, even inside a fragmented message
                 self._send_event(event.response())
             elif isinstance(event, Pong):
@@ -290,7 +293,7 @@ class Connection:
         while time.monotonic() < deadline and not self._hung_up:
             # Our close frame is out: our end of TCP says so at once. (A TLS socket shut
             # down halfway can't decrypt what still comes: it waits for the hang-up.)
-            if not self._queue and not shut_down and not isinstance(self._sock, ssl.SSLSocket):
+            if not self._out and not shut_down and not isinstance(self._sock, ssl.SSLSocket):
                 shut_down = True
                 try:
                     self._sock.shutdown(socket.SHUT_WR)
@@ -307,57 +310,41 @@ class Connection:
 
     # Called with the lock held
 
-    def _write(self, data):
-        """Queue bytes and send what the socket takes now; hang up if too much waits already."""
-        if self._hung_up:
-            return
-        # The bound counts what waits before `data`, so a large frame goes out to a client that reads.
-        if self._sent_bytes_waiting and self._sent_bytes_waiting + len(data) > MAX_QUEUED_BYTES:
-            log.info("Hanging up on a WebSocket client that took none of the %d bytes waiting for it.",
-                     self._sent_bytes_waiting)
+    def _write(self, data, offered=False):
+        """Queue bytes and send what the socket takes now; hang up on a client that took too little."""
+        waiting = len(self._out) - self._offered_until  # besides the offered frame: a large frame goes alone
+        if waiting and waiting + len(data) > MAX_QUEUED_BYTES and not offered:
+            log.info("Hanging up on a WebSocket client that took none of the %d bytes waiting for it.", waiting)
             self._hang_up()
-            return
-        self._append(data, offered=False)
-        self._send_queued()
+        elif not self._hung_up:
+            if not self._out:
+                self._last_progress = time.monotonic()
+            self._out += data
+            self._send_some()
 
-    def _append(self, data, offered):
-        if not self._queue:
-            self._last_progress = time.monotonic()
-        self._queue.append([memoryview(data), offered])
-        if offered:
-            self._offered_waiting = True
-        else:
-            self._sent_bytes_waiting += len(data)
-
-    def _send_queued(self):
-        while self._queue and not self._hung_up:
-            first, offered = self._queue[0]
+    def _send_some(self):
+        while self._out and not self._hung_up:
             try:
-                sent = self._sock.send(first[:CHUNK_BYTES] if isinstance(self._sock, ssl.SSLSocket) else first)
+                sent = self._sock.send(self._out[:CHUNK_BYTES] if isinstance(self._sock, ssl.SSLSocket) else self._out)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
                 self._hang_up()  # the connection is gone; the route, reading, sees it and ends
                 return
-            if sent:
-                self._last_progress = time.monotonic()
-                if not offered:
-                    self._sent_bytes_waiting -= sent
-            if sent < len(first):
-                self._queue[0][0] = first[sent:]  # a view: nothing is copied
+            if not sent:
                 if time.monotonic() - self._last_progress > self.stall_seconds:
                     self._hang_up()
                 return
-            self._queue.popleft()
-            if offered:
-                self._offered_waiting = False
+            del self._out[:sent]  # cheap: a bytearray drops its start without copying the rest
+            self._offered_until = max(0, self._offered_until - sent)
+            self._last_progress = time.monotonic()
 
     def _hang_up(self):
         # Shutting the socket down ends the connection now: the route, waiting
         # for the client's bytes, wakes up to find none, and ends.
         self._hung_up = True
-        self._queue.clear()
-        self._offered_waiting, self._sent_bytes_waiting = False, 0
+        self._out.clear()
+        self._offered_until = 0
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -377,21 +364,6 @@ def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; conne
         unanswered = open_connections.intersection(connections)
     for connection in unanswered:  # hanging up wakes its route, which ends
         connection.hang_up()
-
-
-def wait_until_ready(sock, events, timeout):
-    """Wait until `sock` can be read or written (`events`), or is closed; return the events ready (0 on timeout)."""
-    # A TLS socket may hold bytes it has decrypted already, which poll can't see.
-    if events & select.POLLIN and isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return select.POLLIN
-    # poll opens no file (an epoll selector would), and gevent's patched poll waits in a greenlet.
-    poll = select.poll()
-    try:
-        poll.register(sock, events)
-    except (OSError, ValueError):
-        return select.POLLIN  # closed: the read that follows finds out
-    ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
-    return ready[0][1] if ready else 0
 
 
 def encode_text_frame(text):

@@ -16,6 +16,7 @@ import simple_websocket
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameProtocol, Opcode
+from wsproto.utilities import LocalProtocolError
 
 from connection import Connection, NoReaderThread, encode_text_frame
 
@@ -86,7 +87,7 @@ def test_simple_websockets_own_close_after_ours_sends_nothing(accepted):
     client_end.sendall(client_frames().close(1000))
     connection.wait_closed()
     connection.close()
-    with pytest.raises(Exception):
+    with pytest.raises(LocalProtocolError):
         ws.close(1001, "going away")  # wsproto refuses a second close frame; flask-sock ignores the error
     assert frames_until_closed(client_end) == [(Opcode.CLOSE, (1000, ""))]
 
