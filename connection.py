@@ -186,7 +186,7 @@ class Connection:
             self._send_event(CloseConnection(code, reason))
             self._finish_closing()
         finally:
-            self.hang_up()  # even if closing failed, nothing more goes out
+            self.hang_up()  # nothing more goes out, not even the HTTP answer werkzeug writes (flask-sock #20)
 
     def hang_up(self):
         """End the TCP connection now, without a closing handshake; whatever anyone writes after is lost."""
