@@ -1,15 +1,16 @@
 // Talking to the server, for both pages: the polling page does all its talking
 // over HTTP, the WebSocket page only fetches older pages of history this way.
 // And how long to wait before trying again, when the server can't be reached.
+import { wiredFetch } from "./wire.js"; // fetch(), listed in the page's wire panel
 
 /** GET a JSON answer; reject with the server's own explanation if it refuses. */
 export async function getJSON(url) {
-  return answerOf(fetch(url));
+  return answerOf(wiredFetch(url));
 }
 
 /** POST some JSON; reject with the server's own explanation if it refuses. */
 export async function postJSON(url, body) {
-  return answerOf(fetch(url, {
+  return answerOf(wiredFetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),

@@ -1,6 +1,7 @@
 // The WebSocket page's transport: one socket to /ws for receiving and sending.
 import { startChat } from "./chat.js";
 import { backoff, connectionError, getJSON } from "./http.js";
+import { sent, watchSocket } from "./wire.js"; // lists what travels, in the page's wire panel
 
 // Close codes that say the page did something wrong: flooding (1008), too big a
 // frame (1009). Their reason stays in view after reconnecting; other closes are
@@ -31,7 +32,7 @@ function sendFrame(frame) {
   if (socket?.readyState !== WebSocket.OPEN) {
     throw connectionError("Not connected, so nothing was sent. Try again in a moment.");
   }
-  socket.send(JSON.stringify(frame));
+  socket.send(sent(JSON.stringify(frame)));
 }
 
 function rejectSends(error) {
@@ -47,6 +48,7 @@ function connect() {
   url.searchParams.set("since", chat.cursor);
   if (chat.epoch) url.searchParams.set("epoch", chat.epoch);
   socket = new WebSocket(url);
+  watchSocket(socket);
 
   socket.addEventListener("message", (event) => {
     const frame = JSON.parse(event.data);

@@ -1,26 +1,38 @@
 """Step 3: the same chat over a WebSocket too. /ws?since=N sends all after N at once, then each new one."""
 
 import json
-import re
+import secrets
 import threading
 from contextlib import suppress
 from datetime import datetime, timezone
 
-from flask import Flask, render_template, request
+from flask import Flask, abort, render_template, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
+from werkzeug.exceptions import HTTPException
 
 app = Flask(__name__)
+app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25, "max_message_size": 65536}  # see step 1
 sock = Sock(app)
-app.register_error_handler(ValueError, lambda error: ({"error": str(error)}, 400))  # bad input: say why
+# Every refusal (abort(400, "why"), an unknown URL) is answered with JSON that says why, for the page to show.
+app.register_error_handler(HTTPException, lambda refusal: ({"error": refusal.description}, refusal.code))
+epoch = secrets.token_hex(8)  # names this run of the server: a restart starts an empty chat, ids from 1
 messages = []  # message n, whose id is n, is messages[n - 1]: the cursor is how many a client has
 changed = threading.Condition()  # held to read or change `messages`; notified at each change
 
+
+@sock.route("/hello/ws")  # step 1's socket, kept: steps/README.md tries it from the browser's console
+def hello(ws):
+    ws.send("Hello")
+    while True:
+        ws.receive()
+
+
 def add_message(fields):
-    """Store a message from {"user": ..., "text": ...} and return it; raise ValueError if it isn't one."""
+    """Store a message from {"user": ..., "text": ...} and return it; refuse with 400 if it isn't one."""
     if not (isinstance(fields, dict) and all(isinstance(fields.get(key), str) and fields[key].strip()
                                              for key in ("user", "text"))):
-        raise ValueError('Send a JSON object with a user and a text: {"user": "Azin", "text": "Hello"}.')
+        abort(400, 'Send a JSON object with a user and a text: {"user": "Azin", "text": "Hello"}.')
     timestamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     with changed:
         messages.append({"id": len(messages) + 1, "user": fields["user"].strip(),
@@ -28,61 +40,77 @@ def add_message(fields):
         changed.notify_all()  # wake everyone waiting for a change
         return messages[-1]
 
+
 def messages_since(cursor):
     """The messages after `cursor`, and the cursor to ask from next time."""
     with changed:
         return {"messages": messages[cursor:], "cursor": len(messages)}
 
+
 @app.before_request  # a bad since or wait gets its 400 before any route runs: /ws, before it upgrades
 def check_query():
     for name, most in (("since", 10**15), ("wait", 30)):
         value = request.args.get(name, "0")
-        if not (re.fullmatch("[0-9]{1,16}", value) and int(value) <= most):
-            raise ValueError(f"{name} must be a whole number from 0 to {most}.")
+        if not (value.isascii() and value.isdigit() and len(value) <= 16 and int(value) <= most):
+            abort(400, f"{name} must be a whole number from 0 to {most}.")
+
 
 @app.get("/", defaults={"transport": "polling"})
 @app.get("/websocket", defaults={"transport": "websocket"})
 def chat_page(transport):
     return render_template("chat.html", transport=transport)
 
+
 @app.get("/messages")
 def get_messages():
-    since = request.args.get("since", 0, type=int)
+    reset = request.args.get("epoch", epoch) != epoch  # the client's cursor counted another run's changes:
+    since = 0 if reset else request.args.get("since", 0, type=int)  # it gets everything, and starts afresh
     with changed:  # with `wait`, hold the answer until there is something new (long polling)
-        changed.wait_for(lambda: len(messages) > since, timeout=request.args.get("wait", 0, type=int))
-    return messages_since(since)
+        changed.wait_for(lambda: reset or len(messages) > since, timeout=request.args.get("wait", 0, type=int))
+    return messages_since(since) | {"epoch": epoch, "reset": reset}
+
 
 @app.post("/messages")
 def post_message():
     return add_message(request.get_json(silent=True)), 201
 
+
 @sock.route("/ws")  # sends what is new after since, then each new message; carries out what the client sends
 def chat_socket(ws):
     sending = threading.Lock()  # two threads send on this socket: one frame at a time
-    since = request.args.get("since", 0, type=int)
-    threading.Thread(target=follow_the_store, args=(ws, since, sending), daemon=True).start()
+    reset = request.args.get("epoch", epoch) != epoch  # as in get_messages
+    since = 0 if reset else request.args.get("since", 0, type=int)
+    threading.Thread(target=follow_the_store, args=(ws, since, reset, sending), daemon=True).start()
     try:
         while True:
             try:
-                match json.loads(ws.receive()):
-                    case {"command": "send-message"} as command:
-                        add_message(command.get("message"))
-                    case _:
-                        raise ValueError("Unknown command: send send-message.")
-            except ValueError as error:
+                carry_out(ws.receive())
+            except HTTPException as refusal:  # abort(400, ...): the same refusals as over HTTP
                 with sending:
-                    ws.send(json.dumps({"command": "error", "error": str(error)}))
+                    ws.send(json.dumps({"command": "error", "error": refusal.description}))
     finally:
         with changed:
             changed.notify_all()  # wake this socket's follower, to see that the socket closed
 
-def follow_the_store(ws, cursor, sending):
+
+def carry_out(command):
+    """Do what a client's frame says, by its `command`; refuse with 400 what isn't a command we know."""
+    with suppress(ValueError):  # text that isn't JSON stays text, and isn't a command
+        command = json.loads(command)
+    match command:
+        case {"command": "send-message"}:
+            add_message(command.get("message"))
+        case _:
+            abort(400, "Unknown command: send send-message.")
+
+
+def follow_the_store(ws, cursor, reset, sending):
     """Send `ws` what is new after `cursor`, then each new one, in a thread that only its client can stall."""
     with suppress(ConnectionClosed, OSError):  # raised when the client leaves while we send
         while ws.connected:
-            answer = messages_since(cursor)
+            answer = messages_since(cursor) | {"epoch": epoch, "reset": reset}
             with sending:
                 ws.send(json.dumps({"command": "messages", **answer}))
-            cursor = answer["cursor"]
+            cursor, reset = answer["cursor"], False  # only the first frame can start afresh
             with changed:  # sleep until the store moves past our cursor, or the socket closes
                 changed.wait_for(lambda: len(messages) > cursor or not ws.connected)

@@ -11,14 +11,16 @@ chat.start({
   send: (message) => sendFrame({ command: "send-message", message }),
 });
 
-// ws: or wss: as the page is http: or https:, from our cursor: the first frame holds all that we missed.
+// ws: or wss: as the page is http: or https:, from our cursor and epoch: the first frame holds all we missed.
 function connect() {
-  socket = new WebSocket(`${location.origin.replace("http", "ws")}/ws?since=${chat.cursor}`);
+  socket = new WebSocket(`${location.origin.replace("http", "ws")}/ws?since=${chat.cursor}&epoch=${chat.epoch}`);
   socket.onclose = () => { chat.setStatus("reconnecting"); setTimeout(connect, 1000); };
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
-    if (frame.command === "error") chat.showError(frame.error);
-    else chat.apply(frame); // a `messages` frame
+    switch (frame.command) { // each frame says what it is; one this page doesn't know, it skips
+      case "messages": chat.apply(frame); break;
+      case "error": chat.showError(frame.error); break;
+    }
   };
 }
 connect();

@@ -17,7 +17,7 @@ async function request(url, options) {
 // Long polling: each request waits until something changes (or 25 s), then we ask again.
 for (let wait = 0; ; wait = 25) { // the first request doesn't wait: it fetches the history
   try {
-    chat.apply(await request(`/messages?since=${chat.cursor}&wait=${wait}`));
+    chat.apply(await request(`/messages?since=${chat.cursor}&epoch=${chat.epoch}&wait=${wait}`));
   } catch {
     chat.setStatus("reconnecting");
     await new Promise((resolve) => setTimeout(resolve, 2000)); // give the server time to come back
