@@ -4,7 +4,9 @@ Flood control is a token bucket for each client address: it gets `rate` tokens
 a second, keeps at most `burst` of them, and spends one on each change it asks
 for, over HTTP or any of its WebSockets. So a person clicking fast is never
 refused, and a runaway loop gets `rate` changes a second, however many
-connections it opens or reopens.
+connections it opens or reopens. A WebSocket's other frames (pings, pongs,
+pieces of a message) spend from the same bucket (`frame_pace`): past it, the
+socket is read no faster than the bucket refills.
 
 Places are counted per address too: no address holds more than its share of
 the server's WebSockets or waiting long polls, whatever is left for the others.
