@@ -4,7 +4,9 @@ Flood control is a token bucket for each client address: it gets `rate` tokens
 a second, keeps at most `burst` of them, and spends one on each change it asks
 for, over HTTP or any of its WebSockets. So a person clicking fast is never
 refused, and a runaway loop gets `rate` changes a second, however many
-connections it opens or reopens.
+connections it opens or reopens. A WebSocket's other frames (pings, pongs,
+pieces of a message) spend from the same bucket (`frame_pace`): past it, the
+socket is read no faster than the bucket refills.
 
 Places are counted per address too: no address holds more than its share of
 the server's WebSockets or waiting long polls, whatever is left for the others.
@@ -14,6 +16,9 @@ import math
 import threading
 import time
 from collections import Counter
+from functools import partial
+
+from flask import current_app, request
 
 
 class TokenBucket:
@@ -87,6 +92,11 @@ class FrameAllowance:
     def flooding(self):
         """True once a burst's worth of frames in a row were refused: the client isn't listening."""
         return self.refused_in_a_row > 3 * self.buckets.rate
+
+
+def frame_pace():
+    """For a WebSocket handshake: a function that spends a token of the client's address (connection.py's `pace`)."""
+    return partial(current_app.extensions["chat"].changes_per_address.take, request.remote_addr)
 
 
 class Places:

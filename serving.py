@@ -59,11 +59,10 @@ OUT_OF_FILES_PAUSE = 0.5
 # gunicorn.conf.py tells the app, through this environment variable, how many
 # connections its worker serves at once.
 CONNECTIONS_VARIABLE = "CHAT_WORKER_CONNECTIONS"
-# Under flask run, a WebSocket holds two open files (its socket, and the
-# selector that waits for its bytes and times its pings), a long poll one.
-# Together they may use three quarters of the limit; the rest is kept for
-# pages, API requests and log files.
-FILES_PER_WEBSOCKET = 2
+# Under flask run, a WebSocket holds one open file (its socket: it waits
+# with poll, which opens none), as a long poll does. Together they may use
+# three quarters of the limit; the rest is kept for pages, API requests and log files.
+FILES_PER_WEBSOCKET = 1
 # Answers that refuse a request without reading its body.
 REFUSALS = {403, 408, 413, 415, 429}
 

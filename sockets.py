@@ -15,11 +15,11 @@ import handshake
 from api import add_message, add_vote
 from connection import Sock
 from guards import LARGEST_NUMBER, parse_json, quote, whole_number
-from limits import FrameAllowance, too_many_changes
+from limits import FrameAllowance, frame_pace, too_many_changes
 from store import StoreUnavailable
 
 bp = Blueprint("sockets", __name__)
-sock = Sock()
+sock = Sock(pace=frame_pace)  # every frame a client sends costs from its address's allowance
 handshake.guard(bp)
 
 
@@ -44,9 +44,9 @@ def chat_socket(ws):
     allowance = FrameAllowance(chat.changes_per_address, request.remote_addr)
     try:
         for frame in ws:
-            error = carry_out(chat.store, frame, allowance)
-            if error:
-                ws.send(error)
+            reply = carry_out(chat.store, frame, allowance)
+            if reply:
+                ws.send(reply)
             if allowance.flooding:  # it keeps on, error frames or not: hang up
                 ws.close(CloseReason.POLICY_VIOLATION, "Too many frames: slow down.")
     finally:
@@ -54,7 +54,7 @@ def chat_socket(ws):
 
 
 def carry_out(store, frame, allowance):
-    """Carry out one frame from a client; return the error frame to send back, or None if all went well."""
+    """Carry out one frame from a client; return the frame to send back (`error`, or `sent` for a ref), or None."""
     wait = allowance.take()  # every frame counts: answering a bad one costs as much
     try:
         command = parse_command(frame)
@@ -67,9 +67,9 @@ def carry_out(store, frame, allowance):
     try:
         match command.get("command"):
             case "send-message":
-                add_message(store, command.get("message"))
+                message = add_message(store, command.get("message"))
             case "like" | "dislike" as vote:
-                add_vote(store, vote, command.get("id"))
+                message = add_vote(store, vote, command.get("id"))
             case unknown:
                 return error_frame(f"Unknown command {quote(unknown)}: "
                                    "use send-message, like or dislike.", ref)
@@ -77,7 +77,9 @@ def carry_out(store, frame, allowance):
         return error_frame(str(error), ref)
     except KeyError:
         return error_frame(f"There is no message with id {quote(command['id'])}.", ref)
-    return None
+    # Its sender alone learns that this command, and not another with the same text, went through.
+    return None if ref is None else json.dumps({"command": "sent", "ref": ref, "id": message["id"]},
+                                               ensure_ascii=False, allow_nan=False)
 
 
 def parse_command(frame):

@@ -12,6 +12,7 @@ Without Chromium these tests are skipped, except on CI (CI=true), where a
 missing browser is an error: a green CI must mean the browser tests ran.
 """
 
+import json
 import os
 import re
 import signal
@@ -1019,3 +1020,73 @@ def test_a_message_with_tabs_or_indented_lines_is_shown_as_code_in_monospace(ser
         font, white_space = style_of(code)
         assert "monospace" in font and white_space in ("pre", "pre-wrap")  # tabs and indents kept
     assert "monospace" not in style_of("Just words")[0]
+
+
+# A send is confirmed by its own ref
+
+
+def hold_sends(page):
+    """Hold back the page's send-message frames on their way to the server; return (held, forward)."""
+    held, server_side = [], []
+
+    def route(socket):
+        server = socket.connect_to_server()
+        server_side.append(server)
+
+        def from_page(frame):
+            if json.loads(frame).get("command") == "send-message":
+                held.append(frame)
+            else:
+                server.send(frame)
+
+        socket.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/ws\b"), route)
+
+    def forward(frame):
+        server_side[-1].send(frame)
+
+    return held, forward
+
+
+def test_a_page_confirms_its_own_send_by_its_ref_not_by_another_tabs_message_with_the_same_text(
+        server, open_chat):
+    mine = open_chat(server.url + "/websocket")
+    held, forward = hold_sends(mine)
+    mine.reload()  # the socket opens again, through the route
+    expect(mine.get_by_role("status")).to_have_text("connected")
+    other = open_chat(server.url + "/websocket")
+
+    send(mine, "Azin", "ok")
+    wait_for_held_request(mine, held, "the page sent no send-message frame")
+    expect(mine.get_by_label("Message", exact=True)).to_have_value("ok")  # on its way
+    send(other, "Azin", "ok")  # the same name and text, from another tab
+    expect(message(mine, "ok")).to_have_count(1)
+    # Another tab's message that looks like ours confirms nothing: ours is still on its way.
+    expect(mine.get_by_label("Message", exact=True)).to_have_value("ok")
+
+    forward(held[0])
+    expect(message(mine, "ok")).to_have_count(2)
+    expect(mine.get_by_label("Message", exact=True)).to_have_value("")  # confirmed by its `sent` frame
+    expect(other.get_by_label("Message", exact=True)).to_have_value("")
+
+
+def test_a_send_the_server_refuses_is_never_taken_for_a_success(server, open_chat):
+    mine = open_chat(server.url + "/websocket")
+    held, forward = hold_sends(mine)
+    mine.reload()
+    expect(mine.get_by_role("status")).to_have_text("connected")
+    other = open_chat(server.url + "/websocket")
+
+    send(mine, "Azin", "ok")
+    wait_for_held_request(mine, held, "the page sent no send-message frame")
+    send(other, "Azin", "ok")
+    expect(message(mine, "ok")).to_have_count(1)
+    # Ours reaches the server, which refuses it (a name of 51 characters), under its own ref.
+    frame = json.loads(held[0])
+    frame["message"]["user"] = "A" * 51
+    forward(json.dumps(frame))
+
+    expect(mine.get_by_role("alert")).to_contain_text("Name (user)")
+    expect(mine.get_by_label("Message", exact=True)).to_have_value("ok")  # kept, to send again
+    assert [m["text"] for m in server.get("/messages")["messages"]] == ["ok"]

@@ -8,7 +8,6 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-import connection
 from app import create_app
 from helpers import (FlaskRun, FlaskRunTLS, LiveServer, raw_websocket, read_first_frame, receive_json,
                      receive_until, rss_kb, server_threads, wait_until)
@@ -45,11 +44,11 @@ class Reader:
 
 
 @pytest.mark.parametrize("stalled_count", [1, 20])
+# While the flood lasts, stalled clients are not hung up on: a broadcast that
+# waited for them would then hold the readers back for good, not for 5 s.
+@pytest.mark.config(STALL_SECONDS=600)
 def test_clients_that_stop_reading_delay_no_one_are_dropped_and_miss_nothing_on_return(
-        server, store, broadcaster, stalled_count, monkeypatch):
-    # While the flood lasts, stalled clients are not hung up on: a broadcast that
-    # waited for them would then hold the readers back for good, not for 5 s.
-    monkeypatch.setattr(connection, "STALL_SECONDS", 600)
+        server, store, broadcaster, stalled_count):
     readers = [Reader(server) for _ in range(3)]
     store.add("Azin", "before the flood")
     # A small receive buffer, so the stalled clients' buffers fill sooner.
@@ -72,7 +71,8 @@ def test_clients_that_stop_reading_delay_no_one_are_dropped_and_miss_nothing_on_
         print(f"\nworst delay of a reader beside {stalled_count} stalled: {worst_delay * 1000:.0f} ms")
     assert len(broadcaster.subscribers) == stalled_count + 3  # the stalled ones are still there
     # The stalled clients are hung up on once they have taken nothing for a while; the readers never are.
-    monkeypatch.setattr(connection, "STALL_SECONDS", 1)
+    for subscriber in broadcaster.subscribers:
+        subscriber.connection.stall_seconds = 1
     wait_until(lambda: len(broadcaster.subscribers) == 3)
 
     # A stalled client that comes back with its cursor gets everything it

@@ -224,7 +224,7 @@ def test_a_send_error_on_some_sockets_does_not_stop_the_broadcast_to_the_others(
     # Shut down the sending side of the server's end of the raw sockets:
     # they stay registered, but every send to them now fails.
     for subscriber in broadcaster.subscribers:
-        server_end = subscriber.connection._socket._raw
+        server_end = subscriber.connection._sock
         if server_end.getpeername()[1] in [raw.getsockname()[1] for raw in broken]:
             server_end.shutdown(socket.SHUT_WR)
     for text in ("one", "two"):
@@ -280,3 +280,23 @@ def test_handshakes_from_other_sites_are_refused_with_403(app, server, origin, a
         with pytest.raises(InvalidStatus) as refused:
             server.connect(additional_headers=headers)
         assert refused.value.response.status_code == 403
+
+
+def test_a_command_with_a_ref_that_was_carried_out_gets_a_sent_frame_with_the_id_to_its_sender_only(server):
+    sender, watcher = server.connect(), server.connect()
+    receive_json(sender), receive_json(watcher)
+    sender.send(json.dumps({"command": "send-message", "ref": "m-1",
+                            "message": {"user": "Azin", "text": "ok"}}))
+    sender.send(json.dumps({"command": "like", "id": 1, "ref": 7}))
+    sender.send(json.dumps({"command": "dislike", "id": 1}))  # no ref: no sent frame
+    sender.send(json.dumps({"command": "like", "id": 2, "ref": "m-2"}))  # refused: an error, no sent frame
+    replies = []
+    while len(replies) < 3:
+        frame = receive_json(sender)
+        if frame["command"] != "messages":  # the change itself comes in messages frames, before or after
+            replies.append(frame)
+    assert replies[:2] == [{"command": "sent", "ref": "m-1", "id": 1}, {"command": "sent", "ref": 7, "id": 1}]
+    assert replies[2]["command"] == "error" and replies[2]["ref"] == "m-2"
+    # The watcher sees the changes, and none of the sender's replies.
+    frames = receive_until(watcher, lambda frames: frames and frames[-1]["cursor"] == 3)
+    assert {frame["command"] for frame in frames} == {"messages"}

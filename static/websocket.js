@@ -10,19 +10,19 @@ const PAGE_AT_FAULT = [1008, 1009];
 
 let socket = null;
 let retryMs = 0;
-let newestId = 0; // the highest message id received, so our own new message can be told apart
 let lastRef = 0;
 let chatAvailable = true; // false while the server says it can't serve the chat (a `status` frame)
-// Messages on their way, by the "ref" sent with them: { message, after, resolve, reject }.
+// Messages on their way, by the "ref" sent with them: { resolve, reject }.
 const sending = new Map();
 
 const chat = startChat({
-  // Frames have no replies. A send has worked when our message comes back as
-  // a new message, and has failed when an error frame names its ref.
+  // The server answers a frame that carries a "ref": a `sent` frame with that ref
+  // when it was carried out, an `error` frame with it when not. So a send is
+  // confirmed by its own ref, never by a message that merely looks like ours.
   send: (message) => new Promise((resolve, reject) => {
     const ref = `m-${++lastRef}`;
     sendFrame({ command: "send-message", message, ref });
-    sending.set(ref, { message, after: newestId, resolve, reject });
+    sending.set(ref, { resolve, reject });
   }),
   // A vote shows when its count changes; an error frame with its ref says why not.
   vote: async (id, kind) => sendFrame({ command: kind, id, ref: `v-${++lastRef}` }),
@@ -34,18 +34,6 @@ function sendFrame(frame) {
     throw connectionError("Not connected, so nothing was sent. Try again in a moment.");
   }
   socket.send(sent(JSON.stringify(frame)));
-}
-
-// Settle the sends that a `messages` frame shows have arrived.
-function confirmSends(messages) {
-  for (const [ref, send] of sending) {
-    const arrived = messages.some((message) => message.id > send.after &&
-      message.user === send.message.user && message.text === send.message.text);
-    if (arrived) {
-      send.resolve();
-      sending.delete(ref);
-    }
-  }
 }
 
 function rejectSends(error) {
@@ -70,9 +58,10 @@ function connect() {
         chat.apply(frame);
         if (chatAvailable) chat.setStatus("connected");
         retryMs = 0;
-        confirmSends(frame.messages);
-        if (frame.reset) newestId = 0;
-        for (const message of frame.messages) newestId = Math.max(newestId, message.id);
+        break;
+      case "sent": // one of our frames was carried out (a vote's ref is not waited for)
+        sending.get(frame.ref)?.resolve();
+        sending.delete(frame.ref);
         break;
       case "error":
         if (sending.has(frame.ref)) {
