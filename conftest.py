@@ -3,6 +3,7 @@
 The helpers they use, and that tests import, are in helpers.py.
 """
 
+import signal
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from store import Store
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "config(**settings): settings for the test's app")
+    # A shell starts a background job with SIGINT ignored, and the servers the tests start would
+    # inherit that. With a handler here instead, they start with Ctrl+C's default, as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

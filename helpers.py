@@ -10,7 +10,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -203,12 +202,6 @@ class LiveServer(Client):
         self.server.server_close()
 
 
-def default_sigint():
-    """In the child, before it runs the server: Ctrl+C's default, even if the suite runs as a background job."""
-    # A shell starts a background job with SIGINT ignored, and children inherit that.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class FlaskRun(Client):
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
@@ -237,7 +230,7 @@ class FlaskRun(Client):
             command = ["sh", "-c", f'ulimit -n {self.open_files} && exec "$@"', "sh", *command]
         output = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.process = subprocess.Popen(command, cwd=self.cwd, env=self.env, stdout=output,
-                                        stderr=subprocess.STDOUT, preexec_fn=default_sigint)
+                                        stderr=subprocess.STDOUT)
         if self.log:
             output.close()  # the server has its own copy
         deadline = time.monotonic() + 60  # a busy machine can take long to import and bind

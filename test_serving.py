@@ -159,8 +159,8 @@ class FlaskDebugRun(FlaskRun):
 @pytest.mark.parametrize("kind", ["flask run", "flask --debug run", "gunicorn"])
 def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(
         kind, signum, start, tmp_path, request):
-    # The server is started with Ctrl+C's default disposition (FlaskRun's `default_sigint`),
-    # as from a terminal, however this suite was started: a background job ignores SIGINT.
+    # The server starts with Ctrl+C's default disposition, as from a terminal, however this
+    # suite was started (conftest.py's pytest_configure: a background job ignores SIGINT).
     if kind == "gunicorn":
         # Two workers share one chat through Redis (without it, gunicorn.conf.py refuses to start).
         redis_url = request.getfixturevalue("redis_server").url
