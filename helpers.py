@@ -502,6 +502,32 @@ def handshake(port, path="/ws", receive_buffer=None, headers=""):
     return raw, answer.split(b"\r\n", 1)[0].decode()
 
 
+def read_until_the_server_hangs_up(raw, timeout=10):
+    """Read everything the server sends until it closes the connection."""
+    raw.settimeout(timeout)
+    received = b""
+    while chunk := raw.recv(65536):
+        received += chunk
+    return received
+
+
+def frames_in(data):
+    """Split what a server sent (unmasked frames) into (opcode, payload) pairs; fail on bytes that aren't frames."""
+    frames = []
+    while data:
+        assert len(data) >= 2, f"not a frame: {data!r}"
+        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, start = int.from_bytes(data[2:10], "big"), 10
+        assert data[0] & 0x70 == 0 and data[1] & 0x80 == 0 and len(data) >= start + length, \
+            f"not a frame: {data[:60]!r}"
+        frames.append((opcode, data[start:start + length]))
+        data = data[start + length:]
+    return frames
+
+
 def raw_websocket(port, path="/ws", receive_buffer=None):
     """Do a WebSocket handshake by hand and return the plain socket: a client that reads only if told to."""
     raw, status = handshake(port, path, receive_buffer)
@@ -625,11 +651,14 @@ class PageOpener:
         self.contexts = []
         self.problems = []
 
-    def __call__(self, url, network_errors_expected=False, init_script=None, clock=False, **context_options):
+    def __call__(self, url, network_errors_expected=False, expected_errors=(), init_script=None, clock=False,
+                 before_goto=None, **context_options):
         """Open `url` as a new person; `context_options` set their time zone, locale, ...
 
         `init_script` runs in the page before the page's own scripts. With `clock`,
         the page's timers run on Playwright's clock, so that `retry_now` can skip a wait.
+        `before_goto(page)` runs before the page loads, to listen or route from the very start.
+        Console errors holding one of `expected_errors` are no problem.
         """
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
@@ -638,17 +667,21 @@ class PageOpener:
         if init_script:
             context.add_init_script(init_script)
         page = context.new_page()
+        if before_goto:
+            before_goto(page)
         page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
-        page.on("console", lambda message: self._console(page, message, network_errors_expected))
+        page.on("console", lambda message: self._console(page, message, network_errors_expected, expected_errors))
         page.goto(url)
         return page
 
-    def _console(self, page, message, network_errors_expected):
+    def _console(self, page, message, network_errors_expected, expected_errors):
         # The browser logs failed requests as console errors: when the server is
         # stopped on purpose (net::ERR_CONNECTION_REFUSED, ...), or answers a
         # request with an error on purpose. Those are expected, not problems.
         network_error = "net::ERR_" in message.text or "Failed to load resource" in message.text
         if message.type != "error" or (network_errors_expected and network_error):
+            return
+        if any(expected in message.text for expected in expected_errors):
             return
         self.problems.append(f"{page.url}: console error: {message.text}")
 

@@ -18,7 +18,8 @@ from flask import Flask
 from websockets.sync.client import connect
 from wsproto.frame_protocol import FrameProtocol
 
-from helpers import PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, LiveServer, free_port, raw_websocket, wait_until
+from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, LiveServer, free_port, frames_in, raw_websocket,
+                     read_until_the_server_hangs_up, wait_until)
 from connection import Sock
 
 RATE_LIMIT = 10  # the default
@@ -33,32 +34,6 @@ def client_frames():
 
 def command_frame(command):
     return bytes(client_frames().send_data(json.dumps(command)))
-
-
-def split_frames(data):
-    """Split what a server sent (unmasked frames) into (opcode, payload) pairs; fail on bytes that aren't frames."""
-    frames = []
-    while data:
-        assert len(data) >= 2, f"not a frame: {data!r}"
-        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
-        if length == 126:
-            length, start = int.from_bytes(data[2:4], "big"), 4
-        elif length == 127:
-            length, start = int.from_bytes(data[2:10], "big"), 10
-        assert data[0] & 0x70 == 0 and data[1] & 0x80 == 0 and len(data) >= start + length, \
-            f"not a frame: {data[:60]!r}"
-        frames.append((opcode, data[start:start + length]))
-        data = data[start + length:]
-    return frames
-
-
-def read_until_hung_up(raw):
-    """Everything the server sends until it ends the connection."""
-    raw.settimeout(PROMPTLY)
-    received = b""
-    while chunk := raw.recv(65536):
-        received += chunk
-    return received
 
 
 def read_frame(raw):
@@ -99,7 +74,7 @@ def test_nothing_follows_our_close_frame_when_a_frame_a_ping_and_a_close_frame_a
         try:
             assert read_frame(raw)[0] == 0x1  # the first `messages` frame
             raw.sendall(last_words)  # in one write: the server reads them together
-            frames = split_frames(read_until_hung_up(raw))
+            frames = frames_in(read_until_the_server_hangs_up(raw, PROMPTLY))
         finally:
             raw.close()
         opcodes = [opcode for opcode, _ in frames]
@@ -155,7 +130,7 @@ def test_protocol_errors_close_with_the_code_rfc_6455_names_and_nothing_after(ru
     try:
         read_frame(raw)
         raw.sendall(frame)
-        frames = split_frames(read_until_hung_up(raw))
+        frames = frames_in(read_until_the_server_hangs_up(raw, PROMPTLY))
     finally:
         raw.close()
     assert [opcode for opcode, _ in frames] == [0x8]

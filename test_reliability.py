@@ -9,8 +9,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app import create_app
-from helpers import (FlaskRun, FlaskRunTLS, LiveServer, raw_websocket, read_first_frame, receive_json,
-                     receive_until, rss_kb, server_threads, wait_until)
+from helpers import (FlaskRun, FlaskRunTLS, LiveServer, frames_in, raw_websocket, read_first_frame,
+                     read_until_the_server_hangs_up, receive_json, receive_until, rss_kb, server_threads, wait_until)
 
 
 class Reader:
@@ -208,30 +208,6 @@ def client_frame(opcode, payload=b""):
     mask = b"\x01\x02\x03\x04"
     masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
-
-
-def read_until_the_server_hangs_up(raw, timeout=10):
-    """Read everything the server sends until it closes the connection."""
-    raw.settimeout(timeout)
-    received = b""
-    while chunk := raw.recv(65536):
-        received += chunk
-    return received
-
-
-def frames_in(data):
-    """Split what a server sent (unmasked frames) into (opcode, payload) pairs; fail on leftover bytes."""
-    frames = []
-    while data:
-        opcode, length, start = data[0] & 0x0F, data[1] & 0x7F, 2
-        if length == 126:
-            length, start = int.from_bytes(data[2:4], "big"), 4
-        elif length == 127:
-            length, start = int.from_bytes(data[2:10], "big"), 10
-        assert len(data) >= start + length, f"not a frame: {data[:40]!r}"
-        frames.append((opcode, data[start:start + length]))
-        data = data[start + length:]
-    return frames
 
 
 @pytest.mark.parametrize("path", ["/ws", "/hello/ws"])

@@ -33,8 +33,8 @@ from websockets.exceptions import InvalidStatus
 from werkzeug.exceptions import HTTPException
 from websockets.sync.client import connect
 
-from helpers import (ON_CI, PROJECT, FlaskRun, LiveServer, import_fresh, raw_websocket, receive_json, receive_until,
-                     request, texts, wait_until)
+from helpers import (ON_CI, PROJECT, FlaskRun, LiveServer, PageOpener, import_fresh, raw_websocket, receive_json,
+                     receive_until, request, texts, wait_until)
 
 STEPS = PROJECT / "steps"
 ALL_STEPS = ["1-hello", "2-polling", "3-websocket", "4-likes"]
@@ -629,25 +629,18 @@ except ImportError:
 @pytest.fixture
 def open_page(browser):
     """Open pages as separate people (a browser context each); at the end, fail on any JavaScript error."""
-    contexts, problems = [], []
+    opener = PageOpener(browser)
 
     def open_page(url, expected_errors=(), route_sockets=None):
         """Open `url` as a new person; console errors holding one of `expected_errors` are no problem."""
-        context = browser.new_context()
-        contexts.append(context)
-        page = context.new_page()
-        if route_sockets:  # the page's WebSockets go through the test's handler
+        def route(page):  # the page's WebSockets go through the test's handler
             page.route_web_socket("**/ws*", route_sockets)
-        page.on("pageerror", lambda error: problems.append(f"{page.url}: uncaught {error}"))
-        page.on("console", lambda message: message.type == "error" and not any(
-            expected in message.text for expected in expected_errors)
-            and problems.append(f"{page.url}: console error: {message.text}"))
-        page.goto(url)
-        return page
+
+        return opener(url, expected_errors=expected_errors, before_goto=route if route_sockets else None)
 
     yield open_page
-    for context in contexts:
-        context.close()
+    problems = list(opener.problems)
+    opener.close()
     assert problems == []
 
 

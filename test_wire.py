@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ON_CI, wait_until
+from helpers import ON_CI, PageOpener, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -26,24 +26,15 @@ ROW = re.compile(r"^\d\d:\d\d:\d\d\.\d\d\d (?:(?P<arrow>[↑↓]) )?(?P<what>.*)
 
 @pytest.fixture
 def open_page(browser):
-    """Open a page as a new person; at the end, fail on any JavaScript error the pages had."""
-    contexts, problems = [], []
+    """Open a page as a new person, `watch(page)` listening from the very start; fail on JavaScript errors."""
+    opener = PageOpener(browser)
 
     def open_page(url, watch=None):
-        """Open `url` as a new person; `watch(page)` runs first, to listen from the very start."""
-        context = browser.new_context()
-        contexts.append(context)
-        page = context.new_page()
-        if watch:
-            watch(page)
-        page.on("pageerror", lambda error: problems.append(f"uncaught {error}"))
-        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
-        page.goto(url)
-        return page
+        return opener(url, before_goto=watch)
 
     yield open_page
-    for context in contexts:
-        context.close()
+    problems = list(opener.problems)
+    opener.close()
     assert problems == []
 
 
