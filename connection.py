@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from functools import wraps
 
 import flask_sock
@@ -58,8 +59,6 @@ class Sock(flask_sock.Sock):
     def init_app(self, app):
         """Register the routes; simple-websocket does only the handshake (its reader thread never starts)."""
         super().init_app(app)
-        app.config.setdefault("STALL_SECONDS", 5)
-        app.config.setdefault("CLOSE_SECONDS", 2)
         app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                              "thread_class": NoReaderThread}
 
@@ -100,6 +99,7 @@ class Connection:
 
     def __init__(self, sock, protocol, config, pace=None):
         self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._protocol = protocol  # wsproto's WSConnection: the one state of the connection
         options = config.get("SOCK_SERVER_OPTIONS", {})
         self.max_message_size = options.get("max_message_size")
@@ -108,7 +108,7 @@ class Connection:
         self.close_seconds = float(config.get("CLOSE_SECONDS", 2))
         self.pace = pace  # returns 0, or how long to read nothing: frames cost from the client's allowance
         # The route's thread reads and writes, the broadcaster writes, close_all closes: one at a time.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._out = bytearray()  # bytes on their way to the client, in order
         self._offered_until = 0  # where in them the offered frame ends (0: none waits)
         self._last_progress = self._last_ping = time.monotonic()
@@ -119,12 +119,10 @@ class Connection:
         self._paced_seconds = 0  # how long its frames have waited for its allowance, without a break
         # The server's request timeout (serving.py) is not for a WebSocket: from now on, nothing waits.
         sock.setblocking(False)
-        try:
+        with suppress(OSError):  # not TCP (a Unix socket behind a proxy)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             # Without TCP_NODELAY, a small frame waits for the last one's acknowledgement (up to 40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a Unix socket behind a proxy)
 
     @property
     def connected(self):
@@ -190,8 +188,12 @@ class Connection:
 
     def hang_up(self):
         """End the TCP connection now, without a closing handshake; whatever anyone writes after is lost."""
-        with self._lock:
-            self._hang_up()
+        with self._lock:  # the route, waiting for the client's bytes, wakes to find none, and ends
+            self._hung_up = True
+            self._out.clear()
+            self._offered_until = 0
+            with suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def _send_event(self, event):
         """Queue what wsproto makes of `event`, if its state allows (no ping after a close frame); never waits."""
@@ -226,7 +228,7 @@ class Connection:
         """Send what waits while waiting for the client's bytes; return them, None if none came, b"" if it left."""
         timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
         # A TLS socket may hold bytes it has decrypted already, which poll can't see.
-        if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
+        if not (self._tls and self._sock.pending()):
             # poll opens no file (an epoll selector would), and gevent's patched poll waits in a greenlet.
             poll = select.poll()
             poll.register(self._sock, select.POLLIN | (select.POLLOUT if self._out else 0))
@@ -293,12 +295,10 @@ class Connection:
         while time.monotonic() < deadline and not self._hung_up:
             # Our close frame is out: our end of TCP says so at once. (A TLS socket shut
             # down halfway can't decrypt what still comes: it waits for the hang-up.)
-            if not self._out and not shut_down and not isinstance(self._sock, ssl.SSLSocket):
+            if not self._out and not shut_down and not self._tls:
                 shut_down = True
-                try:
+                with suppress(OSError):
                     self._sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
             data = self._wait_for_bytes(deadline)
             if data == b"":
                 return
@@ -315,7 +315,7 @@ class Connection:
         waiting = len(self._out) - self._offered_until  # besides the offered frame: a large frame goes alone
         if waiting and waiting + len(data) > MAX_QUEUED_BYTES and not offered:
             log.info("Hanging up on a WebSocket client that took none of the %d bytes waiting for it.", waiting)
-            self._hang_up()
+            self.hang_up()
         elif not self._hung_up:
             if not self._out:
                 self._last_progress = time.monotonic()
@@ -325,30 +325,19 @@ class Connection:
     def _send_some(self):
         while self._out and not self._hung_up:
             try:
-                sent = self._sock.send(self._out[:CHUNK_BYTES] if isinstance(self._sock, ssl.SSLSocket) else self._out)
+                sent = self._sock.send(self._out[:CHUNK_BYTES] if self._tls else self._out)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
-                self._hang_up()  # the connection is gone; the route, reading, sees it and ends
+                self.hang_up()  # the connection is gone; the route, reading, sees it and ends
                 return
             if not sent:
                 if time.monotonic() - self._last_progress > self.stall_seconds:
-                    self._hang_up()
+                    self.hang_up()
                 return
             del self._out[:sent]  # cheap: a bytearray drops its start without copying the rest
             self._offered_until = max(0, self._offered_until - sent)
             self._last_progress = time.monotonic()
-
-    def _hang_up(self):
-        # Shutting the socket down ends the connection now: the route, waiting
-        # for the client's bytes, wakes up to find none, and ends.
-        self._hung_up = True
-        self._out.clear()
-        self._offered_until = 0
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; connect again."):
