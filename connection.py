@@ -226,13 +226,13 @@ class Connection:
 
     def _wait_for_bytes(self, deadline):
         """Send what waits while waiting for the client's bytes; return them, None if none came, b"" if it left."""
-        timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
+        timeout = None if deadline == math.inf else math.ceil(max(0, deadline - time.monotonic()) * 1000)
         # A TLS socket may hold bytes it has decrypted already, which poll can't see.
         if not (self._tls and self._sock.pending()):
             # poll opens no file (an epoll selector would), and gevent's patched poll waits in a greenlet.
             poll = select.poll()
             poll.register(self._sock, select.POLLIN | (select.POLLOUT if self._out else 0))
-            ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
+            ready = poll.poll(timeout)
             self.push()
             if not ready or not ready[0][1] & ~select.POLLOUT:
                 return None
@@ -346,7 +346,6 @@ def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; conne
         connections = list(open_connections)
     for connection in connections:  # every close frame is queued at once; each route sends it and ends
         connection._send_event(CloseConnection(code, reason))
-        connection.push()
     seconds = max((connection.close_seconds for connection in connections), default=0)
     with open_connections_changed:
         open_connections_changed.wait_for(lambda: open_connections.isdisjoint(connections), timeout=seconds)
