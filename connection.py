@@ -47,6 +47,7 @@ open_connections_changed = threading.Condition()
 
 log = logging.getLogger(__name__)
 OPEN, REMOTE_CLOSING, LOCAL_CLOSING = ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING, ConnectionState.LOCAL_CLOSING
+BEFORE_OUR_CLOSE = (OPEN, REMOTE_CLOSING)  # frames the client sent before its close frame still get answers
 
 
 class Sock(flask_sock.Sock):
@@ -132,7 +133,7 @@ class Connection:
     def send(self, text):
         """Send one text frame, unless our close frame has gone out; never blocks."""
         with self._lock:
-            if self._protocol.state in (OPEN, REMOTE_CLOSING):
+            if self._protocol.state in BEFORE_OUR_CLOSE:
                 # Not wsproto's send, which refuses once the client's close frame came: what came before it counts.
                 self._write(encode_text_frame(text))
 
@@ -157,7 +158,7 @@ class Connection:
         """Yield each message the client sends (text, or bytes) until the connection ends."""
         while True:
             if self._messages:
-                if self._hung_up or self._protocol.state not in (OPEN, REMOTE_CLOSING):
+                if self._hung_up or self._protocol.state not in BEFORE_OUR_CLOSE:
                     return  # after we closed, or the connection broke, nothing is carried out
                 yield self._messages.popleft()
             elif self._client_close:  # the messages before its close frame are carried out: answer it
@@ -198,14 +199,14 @@ class Connection:
     def _send_event(self, event):
         """Queue what wsproto makes of `event`, if its state allows (no ping after a close frame); never waits."""
         # A close frame may be ours, or our answer to the client's.
-        allowed = (OPEN, REMOTE_CLOSING) if isinstance(event, CloseConnection) else (OPEN,)
+        allowed = BEFORE_OUR_CLOSE if isinstance(event, CloseConnection) else (OPEN,)
         with self._lock:
             if not self._hung_up and self._protocol.state in allowed:
                 self._write(self._protocol.send(event))
 
     def _read_more(self):
         """Wait for the client's next frames, pinging while none come, and handle them; False once it ended."""
-        while self._protocol.state is OPEN and not self._hung_up:
+        while self.connected:
             deadline = self._last_ping + self.ping_interval if self.ping_interval else math.inf
             if self._out:  # a client that takes none of our bytes is hung up on, quiet chat or not
                 deadline = min(deadline, self._last_progress + self.stall_seconds)
