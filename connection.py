@@ -46,7 +46,8 @@ open_connections = set()
 open_connections_changed = threading.Condition()
 
 log = logging.getLogger(__name__)
-OPEN, REMOTE_CLOSING, LOCAL_CLOSING = ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING, ConnectionState.LOCAL_CLOSING
+OPEN, REMOTE_CLOSING, LOCAL_CLOSING = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING,
+                                       ConnectionState.LOCAL_CLOSING)
 BEFORE_OUR_CLOSE = (OPEN, REMOTE_CLOSING)  # frames the client sent before its close frame still get answers
 
 

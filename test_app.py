@@ -8,10 +8,7 @@ import urllib.request
 import pytest
 
 from app import create_app
-from conftest import BOTH_STORES, close_app
-
-pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
-
+from helpers import close_app, flask_env, on_both_stores
 
 def post_message(client, user="Azin", text="Hello!"):
     response = client.post("/messages", json={"user": user, "text": text})
@@ -42,6 +39,7 @@ def test_chat_pages_share_the_chat_and_add_only_their_transport(client, path, sc
     assert '{"text": 1000, "user": 50}' in html
 
 
+@on_both_stores
 def test_posted_message_is_stored_and_returned_with_201(client):
     message = post_message(client, "  Azin ", " Hello! ")
     assert message["id"] == 1
@@ -53,6 +51,7 @@ def test_posted_message_is_stored_and_returned_with_201(client):
     assert answer["reset"] is False
 
 
+@on_both_stores
 def test_get_messages_since_a_cursor_returns_only_later_changes(client):
     for n in range(3):
         post_message(client, text=f"message {n}")
@@ -63,6 +62,7 @@ def test_get_messages_since_a_cursor_returns_only_later_changes(client):
     assert answer["cursor"] == 4
 
 
+@on_both_stores
 def test_like_and_dislike_return_the_updated_message(client):
     post_message(client)
     assert client.post("/messages/1/like").get_json()["likes"] == 1
@@ -72,6 +72,7 @@ def test_like_and_dislike_return_the_updated_message(client):
     assert (disliked.get_json()["likes"], disliked.get_json()["dislikes"]) == (2, 1)
 
 
+@on_both_stores
 def test_a_stale_epoch_gets_everything_with_reset(client):
     post_message(client)
     answer = client.get("/messages?since=1&epoch=from-before-a-restart").get_json()
@@ -81,6 +82,7 @@ def test_a_stale_epoch_gets_everything_with_reset(client):
     assert client.get(f"/messages?since=1&epoch={current}").get_json()["reset"] is False
 
 
+@on_both_stores
 def test_an_app_restart_starts_a_new_epoch_in_memory_but_not_on_redis(store_settings, store_kind):
     apps = [create_app(store_settings) for _ in range(2)]  # the same app started twice
     epochs = [app.test_client().get("/messages").get_json()["epoch"] for app in apps]
@@ -89,6 +91,7 @@ def test_an_app_restart_starts_a_new_epoch_in_memory_but_not_on_redis(store_sett
     assert (epochs[0] != epochs[1]) == (store_kind == "memory")
 
 
+@on_both_stores
 def test_long_poll_is_answered_when_another_client_posts(app, client):
     poster = threading.Timer(0.3, lambda: app.test_client().post(
         "/messages", json={"user": "Bo", "text": "wake up"}))
@@ -101,6 +104,7 @@ def test_long_poll_is_answered_when_another_client_posts(app, client):
     assert elapsed < 10  # answered by the change, not by the 20 s timeout
 
 
+@on_both_stores
 def test_long_poll_with_nothing_new_answers_empty_when_wait_runs_out(client):
     started = time.monotonic()
     answer = client.get("/messages?since=0&wait=1").get_json()
@@ -108,6 +112,7 @@ def test_long_poll_with_nothing_new_answers_empty_when_wait_runs_out(client):
     assert time.monotonic() - started >= 0.9
 
 
+@on_both_stores
 def test_long_poll_with_changes_already_waiting_answers_at_once(client):
     post_message(client)
     started = time.monotonic()
@@ -190,6 +195,7 @@ def test_malformed_vote_urls_get_a_json_404(client, path):
     assert "error" in response.get_json()
 
 
+@on_both_stores
 @pytest.mark.config(MAX_MESSAGES=2)
 def test_max_messages_caps_history(client):
     for n in range(4):
@@ -197,9 +203,10 @@ def test_max_messages_caps_history(client):
     assert [m["id"] for m in client.get("/messages").get_json()["messages"]] == [3, 4]
 
 
+@on_both_stores
 def test_configuration_comes_from_flask_environment_variables(monkeypatch, store_settings):
-    for key, value in store_settings.items():
-        monkeypatch.setenv(f"FLASK_{key}", value)
+    for key, value in flask_env(store_settings).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("FLASK_MAX_MESSAGES", "1")
     monkeypatch.setenv("FLASK_MAX_WAIT", "5")
     app = create_app()

@@ -17,15 +17,13 @@ import os
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from app import create_app
-from conftest import (BOTH_STORES, ON_CI, FlaskRun, LiveServer, close_app, free_port, start_redis_server,
-                      wait_until)
+from helpers import (BOTH_STORES, ON_CI, RECONNECT_TIMEOUT, FlaskRun, LiveServer, PageOpener, RedisServer, close_app,
+                     flask_env, message, messages, redis_settings, request, retry_now, send, wait_until)
 
 try:
     from playwright.sync_api import expect
@@ -38,50 +36,8 @@ except ImportError:
 
 CHAT_PAGES = ["/polling", "/websocket"]
 
-# After a restart a page retries with a growing delay (up to about 6 s), so
-# reconnecting may take longer than the few seconds anything else is given.
-RECONNECT_TIMEOUT = 20_000
-
 
 # Fixtures
-
-
-class PageOpener:
-    """Opens each page in a new browser context and records what goes wrong in it."""
-
-    def __init__(self, browser):
-        self.browser = browser
-        self.contexts = []
-        self.problems = []
-
-    def __call__(self, url, network_errors_expected=False, init_script=None, **context_options):
-        """Open `url` as a new person; `context_options` set their time zone, locale, ...
-
-        `init_script` runs in the page before the page's own scripts.
-        """
-        context = self.browser.new_context(**context_options)
-        self.contexts.append(context)
-        if init_script:
-            context.add_init_script(init_script)
-        page = context.new_page()
-        page.on("pageerror", lambda error: self.problems.append(f"{page.url}: uncaught {error}"))
-        page.on("console", lambda message: self._console(page, message, network_errors_expected))
-        page.goto(url)
-        return page
-
-    def _console(self, page, message, network_errors_expected):
-        # The browser logs failed requests as console errors: when the server is
-        # stopped on purpose (net::ERR_CONNECTION_REFUSED, ...), or answers a
-        # request with an error on purpose. Those are expected, not problems.
-        network_error = "net::ERR_" in message.text or "Failed to load resource" in message.text
-        if message.type != "error" or (network_errors_expected and network_error):
-            return
-        self.problems.append(f"{page.url}: console error: {message.text}")
-
-    def close(self):
-        """Close every page this opener opened."""
-        for context in self.contexts:
-            context.close()
 
 
 @pytest.fixture
@@ -114,38 +70,16 @@ def open_chat(open_page):
 # Helpers
 
 
-def send(page, user, text):
-    """Fill in the form as a person would and press Send."""
-    page.get_by_label("Name").fill(user)
-    # exact: so that "Message" matches only the field, whatever else contains the word.
-    page.get_by_label("Message", exact=True).fill(text)
-    page.get_by_role("button", name="Send").click()
-
-
-def messages(page):
-    """The page's shown messages."""
-    return page.get_by_role("list", name="Conversation").get_by_role("listitem")
-
-
-def message(page, text):
-    """The shown message whose text contains `text`."""
-    return messages(page).filter(has_text=text)
-
-
 def vote_button(item, name):
     """A message's vote button by its whole name: "Like 2", not "Like 12" or "Dislike 2"."""
     return item.get_by_role("button", name=name, exact=True)
 
 
 def post_message(base_url, user, text):
-    """Send a message with a plain HTTP POST, as curl would; return the stored message."""
-    request = urllib.request.Request(
-        base_url + "/messages",
-        data=json.dumps({"user": user, "text": text}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    """Send a message with a plain HTTP POST, as curl would; return the stored message, or fail."""
+    answer = request("POST", base_url + "/messages", {"user": user, "text": text})
+    assert answer.status == 201, f"{answer.status}: {answer.body[:200]!r}"
+    return answer.json
 
 
 def post_lines(base_url, count):
@@ -159,13 +93,18 @@ def lines(first, last):
     return [re.compile(f"Line {number:02}") for number in range(first, last + 1)]
 
 
+def let_the_page_run_until(page, condition, complaint):
+    """Let the page run (up to 5 s) until `condition()` holds; fail with `complaint` if it doesn't."""
+    for _ in range(250):
+        if condition():
+            return
+        page.wait_for_timeout(20)  # the page's events, the test's handlers included, run meanwhile
+    raise AssertionError(complaint)
+
+
 def wait_for_held_request(page, held, complaint):
     """Let the page run (up to 5 s) until it has made a request that the test's route holds in `held`."""
-    for _ in range(250):
-        if held:
-            return
-        page.wait_for_timeout(20)  # the page's events, the route's handler included, run meanwhile
-    raise AssertionError(complaint)
+    let_the_page_run_until(page, lambda: held, complaint)
 
 
 def other_page(path):
@@ -175,16 +114,14 @@ def other_page(path):
 
 def server_refusal(base_url, user, text):
     """The server's own words for why it refuses to store this message."""
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        post_message(base_url, user, text)
-    assert refused.value.code == 400
-    return json.load(refused.value)["error"]
+    refused = request("POST", base_url + "/messages", {"user": user, "text": text})
+    assert refused.status == 400
+    return refused.json["error"]
 
 
 # Two people, two transports
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("sender_path", CHAT_PAGES)
 def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, sender_path):
     sender = open_chat(server.url + sender_path)
@@ -196,7 +133,6 @@ def test_message_sent_on_one_chat_page_appears_on_the_other(server, open_chat, s
         expect(message(page, f"Hello from {sender_path}")).to_contain_text("Azin")
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
 @pytest.mark.parametrize("voter_path", CHAT_PAGES)
 def test_likes_and_dislikes_clicked_on_one_page_update_the_counts_on_the_other(
         server, open_chat, voter_path):
@@ -257,7 +193,7 @@ def test_hello_page_says_when_the_server_went_away(flask_run, open_page):
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status = page.get_by_role("status")
     send(page, "Azin", "Before the restart, one")
     expect(messages(page)).to_have_count(1)
@@ -271,6 +207,7 @@ def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
     # Same port, new process: a new empty store with a new epoch. Its message 1
     # is not the old message 1, so the page must throw the old ones away.
     flask_run.start()
+    retry_now(page)
     post_message(flask_run.url, "Ben", "After the restart, one")
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(messages(page)).to_have_text([re.compile("After the restart, one")])
@@ -284,7 +221,7 @@ def test_chat_page_starts_afresh_without_a_reload_when_the_server_restarts(
 @pytest.mark.parametrize("store_kind", ["redis"])
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status = page.get_by_role("status")
     send(page, "Azin", "Before the restart")
     expect(messages(page)).to_have_count(1)
@@ -292,6 +229,7 @@ def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, ope
     flask_run.stop()
     expect(status).to_have_text("reconnecting")
     flask_run.start()  # a new process, the same Redis: the same chat, the same epoch
+    retry_now(page)
     post_message(flask_run.url, "Ben", "After the restart")
 
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
@@ -302,8 +240,7 @@ def test_on_redis_a_page_keeps_its_messages_when_the_app_restarts(flask_run, ope
 @pytest.fixture
 def second_flask_run(flask_run, store_settings):
     """Another `flask run` process, on the same store as `flask_run`."""
-    running = FlaskRun(free_port(), env={f"FLASK_{key}": value for key, value in store_settings.items()})
-    running.start()
+    running = FlaskRun(env=flask_env(store_settings)).start()
     yield running
     running.stop()
 
@@ -679,8 +616,7 @@ def test_plain_polling_asks_every_interval_without_waiting(server, open_page):
     post_message(server.url, "Azin", "Seen at the next ask")
 
     expect(message(page, "Seen at the next ask")).to_be_visible()
-    page.wait_for_timeout(2500)
-    assert len(asked) >= 2
+    let_the_page_run_until(page, lambda: len(asked) >= 3, "the page did not ask again within 5 s")
     assert all("wait=0" in url for url in asked), asked
     expect(page.get_by_role("heading", name="Plain polling (every 1 s)")).to_be_visible()
 
@@ -810,7 +746,7 @@ def test_shift_enter_in_the_message_field_adds_a_line_and_enter_sends(server, op
 def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
         flask_run, open_chat, path):
     # On Redis the restarted server has the same chat: no reset clears the page.
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
     flask_run.stop()
     expect(status).to_have_text("reconnecting")
@@ -818,6 +754,7 @@ def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
     expect(alert).to_be_visible()
 
     flask_run.start()
+    retry_now(page)
 
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
@@ -825,17 +762,15 @@ def test_an_error_about_the_connection_is_gone_once_it_is_connected_again(
 
 
 @pytest.fixture
-def own_redis(tmp_path):
+def own_redis(start, tmp_path):
     """A redis-server for this test alone, to stop and start; it keeps its data on disk (--appendonly yes)."""
-    redis = start_redis_server(tmp_path, persistent=True)
-    yield redis
-    redis.stop()
+    return start(RedisServer(tmp_path, persistent=True))
 
 
 @pytest.fixture
 def server_on_own_redis(own_redis):
     """A live server keeping its chat in `own_redis`."""
-    app = create_app({"TESTING": True, "REDIS_URL": own_redis.url})
+    app = create_app({"TESTING": True, **redis_settings(own_redis.url)})
     live = LiveServer(app)
     yield live
     live.stop()
@@ -849,13 +784,11 @@ def post_once_redis_answers(base_url, user, text):
     and flood control counts the refused asks too, so the wait is Retry-After's.
     """
     def posted():
-        try:
-            post_message(base_url, user, text)
-        except urllib.error.HTTPError as error:
-            if error.code not in (503, 429):
-                raise
-            time.sleep(int(error.headers["Retry-After"]))
+        answer = request("POST", base_url + "/messages", {"user": user, "text": text})
+        if answer.status in (503, 429):
+            time.sleep(int(answer.headers["Retry-After"]))
             return False
+        assert answer.status == 201, f"{answer.status}: {answer.body[:200]!r}"
         return True
 
     wait_until(posted)
@@ -866,12 +799,13 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
         server_on_own_redis, own_redis, open_page, path):
     own_redis.stop()
 
-    page = open_page(server_on_own_redis.url + path, network_errors_expected=True)  # 503s
+    page = open_page(server_on_own_redis.url + path, network_errors_expected=True, clock=True)  # 503s
 
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
     expect(status).to_have_text("unavailable")  # the server answers; the chat behind it doesn't
     expect(alert).to_contain_text("can't be reached")
     own_redis.start()
+    retry_now(page)
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
 
@@ -879,13 +813,14 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_once_redis_is_back_no_error_from_while_it_was_down_stays(
         server_on_own_redis, own_redis, open_chat, path):
-    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True)
+    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True, clock=True)
     alert = page.get_by_role("alert")
     own_redis.stop()
     send(page, "Azin", "While Redis is down")
     expect(alert).to_contain_text("can't be reached")
 
     own_redis.start()
+    retry_now(page)
 
     expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden(timeout=RECONNECT_TIMEOUT)
@@ -897,7 +832,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
         server_on_own_redis, own_redis, open_chat, path):
     server = server_on_own_redis
     post_message(server.url, "Azin", "Kept by Redis")
-    page = open_chat(server.url + path, network_errors_expected=True)
+    page = open_chat(server.url + path, network_errors_expected=True, clock=True)
     expect(message(page, "Kept by Redis")).to_be_visible()
     epoch = server.get("/messages")["epoch"]
 
@@ -905,6 +840,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
     # have lost changes), but here the same messages.
     own_redis.stop()
     own_redis.start()
+    retry_now(page)
     post_once_redis_answers(server.url, "Ben", "After Redis restarted")
     assert server.get("/messages")["epoch"] != epoch
 

@@ -8,33 +8,19 @@ as it is on the wire.
 
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from flask import Flask
 from websockets.sync.client import connect
 from wsproto.frame_protocol import FrameProtocol
 
-from conftest import (
-    PROJECT,
-    FlaskRun,
-    Gunicorn,
-    LiveServer,
-    free_port,
-    raw_websocket,
-    wait_until,
-)
+from helpers import PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, LiveServer, free_port, raw_websocket, wait_until
 from connection import Sock
 
-# Seconds: long enough not to blame a busy machine, short enough to catch a hang.
-PROMPTLY = 10
 RATE_LIMIT = 10  # the default
 BURST = 3 * RATE_LIMIT
 TRIALS = 30  # of each last-words kind, on each server
@@ -206,11 +192,7 @@ def rate_limited(request):
 
 def post_status(server):
     """POST a message from this address; return the status."""
-    try:
-        server.post("/messages", {"user": "Azin", "text": "hello"})
-        return 201
-    except urllib.error.HTTPError as error:
-        return error.code
+    return server.request("POST", "/messages", {"user": "Azin", "text": "hello"}).status
 
 
 @pytest.mark.parametrize("flood", ["pings", "empty continuation frames"])
@@ -280,65 +262,29 @@ def kernel_send_queue(server_port, client_port):
 # Every read has a deadline, TLS included
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
-def test_a_wss_client_that_sends_part_of_a_tls_record_and_stops_is_pinged_and_closed(tmp_path):
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    trust = ssl.create_default_context(cafile=tmp_path / "cert.pem")
-    server = TlsFlaskRun(free_port(), tmp_path, env={
+def test_a_wss_client_that_sends_part_of_a_tls_record_and_stops_is_pinged_and_closed(start, tmp_path):
+    server = start(FlaskRunTLS(tmp_path, env={
         "FLASK_SOCK_SERVER_OPTIONS": json.dumps({"max_message_size": 65536, "ping_interval": 0.5}),
-        "FLASK_CLOSE_SECONDS": "0.5"})
-    server.start(context=trust)
-    try:
-        with trust.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
-                               server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            tls.settimeout(PROMPTLY)
-            assert tls.recv(4096).startswith(b"HTTP/1.1 101")
-            # 10 bytes of a TLS record that says 64 more follow, underneath the TLS layer; then nothing.
-            with socket.socket(fileno=os.dup(tls.fileno())) as plain:
-                plain.sendall(b"\x17\x03\x03\x00\x40" + b"\0" * 5)
-            received = b""
-            try:
-                while chunk := tls.recv(65536):
-                    received += chunk
-            except (ssl.SSLError, ConnectionResetError):
-                pass  # the server hung up mid-record: it let go all the same
-            except TimeoutError:
-                pytest.fail(f"still connected after {PROMPTLY} s")
-            assert b"\x89\x00" in received  # it was pinged
-    finally:
-        server.stop()
-
-
-class TlsFlaskRun(FlaskRun):
-    """`flask run --cert`: the app over https and wss, with a certificate of the test's own."""
-
-    def __init__(self, port, folder, env=None):
-        super().__init__(port, env)
-        self.folder = folder
-        self.url = f"https://127.0.0.1:{port}"
-
-    def command(self):
-        return [*super().command(), "--cert", str(self.folder / "cert.pem"), "--key", str(self.folder / "key.pem")]
-
-    def start(self, context):
-        """Start the server and wait until it answers over https."""
-        self.process = subprocess.Popen(self.command(), cwd=PROJECT, env=self.env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-        def answers():
-            assert self.process.poll() is None, "flask run exited"
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=2, context=context).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(answers, timeout=60)
+        "FLASK_CLOSE_SECONDS": "0.5"}))
+    trust = server.trust
+    with trust.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                           server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        tls.settimeout(PROMPTLY)
+        assert tls.recv(4096).startswith(b"HTTP/1.1 101")
+        # 10 bytes of a TLS record that says 64 more follow, underneath the TLS layer; then nothing.
+        with socket.socket(fileno=os.dup(tls.fileno())) as plain:
+            plain.sendall(b"\x17\x03\x03\x00\x40" + b"\0" * 5)
+        received = b""
+        try:
+            while chunk := tls.recv(65536):
+                received += chunk
+        except (ssl.SSLError, ConnectionResetError):
+            pass  # the server hung up mid-record: it let go all the same
+        except TimeoutError:
+            pytest.fail(f"still connected after {PROMPTLY} s")
+        assert b"\x89\x00" in received  # it was pinged
 
 
 # Large frames

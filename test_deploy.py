@@ -6,32 +6,28 @@ used as it is, but for its two addresses, and the header and body timeouts
 shortened from 10 s to 1 s so that the tests don't wait.
 """
 
-import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
 
-from conftest import ON_CI, PROJECT, Gunicorn, LiveServer, free_port, receive_json, receive_until, texts, wait_until
-from test_serving import flood_after_headers, status_of, trickle
+from helpers import (ON_CI, PROJECT, RECONNECT_TIMEOUT, Client, Gunicorn, PageOpener, flask_env, flood_after_headers,
+                     free_port, messages, receive_json, receive_until, request, retry_now, send, texts, trickle,
+                     wait_until)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SHORTER = {"client_header_timeout 10s;": "client_header_timeout 1s;",
            "client_body_timeout 10s;": "client_body_timeout 1s;"}
 
 
-class Nginx:
+class Nginx(Client):
     """deploy/nginx.conf served by Debian's nginx on a free port, in front of the app on `upstream_port`."""
-
-    connect, get, post = LiveServer.connect, LiveServer.get, LiveServer.post
 
     def __init__(self, folder, upstream_port, changes=SHORTER):
         self.folder = folder
@@ -61,10 +57,15 @@ class Nginx:
                 include {folder}/chat.conf;
             }}
         """)
+        self.process = None
+
+    def start(self):
+        """Start nginx and wait until it listens; return it."""
         self.process = subprocess.Popen(
-            [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log"),
+            [NGINX, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"), "-e", str(self.folder / "error.log"),
              "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(self.listens, timeout=20)
+        return self
 
     def listens(self):
         assert self.process.poll() is None, (self.folder / "error.log").read_text()
@@ -76,13 +77,13 @@ class Nginx:
 
     def stop(self):
         self.clients.close()
-        if self.process.poll() is None:
+        if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
 
 
 @pytest.fixture
-def behind_nginx(request, tmp_path):
+def behind_nginx(request, start, tmp_path):
     """gunicorn, believing one proxy, behind deploy/nginx.conf; settings from @pytest.mark.config."""
     if not os.path.exists(NGINX):
         message = "nginx is not installed (Debian: apt-get install nginx)"
@@ -92,39 +93,27 @@ def behind_nginx(request, tmp_path):
     marker = request.node.get_closest_marker("config")
     settings = {"TRUSTED_PROXIES": 1, **(marker.kwargs if marker else {})}
     options = settings.pop("gunicorn_options", ())
-    env = {f"FLASK_{key}": str(value) for key, value in settings.items()}
-    app = Gunicorn(env, options=options, log=tmp_path / "gunicorn.log").start()
+    app = start(Gunicorn(flask_env(settings), options=options, log=tmp_path / "gunicorn.log"))
     (tmp_path / "nginx").mkdir()
-    nginx = Nginx(tmp_path / "nginx", app.port)
+    nginx = start(Nginx(tmp_path / "nginx", app.port))
     nginx.app = app
-    yield nginx
-    nginx.stop()
-    app.stop()
+    return nginx
 
 
-def test_through_nginx_one_address_holds_at_most_the_connections_the_cap_allows(behind_nginx, tmp_path):
+def test_through_nginx_one_address_holds_at_most_the_connections_the_cap_allows(behind_nginx, start, tmp_path):
     (tmp_path / "capped").mkdir()
-    capped = Nginx(tmp_path / "capped", behind_nginx.app.port,
-                   {**SHORTER, "limit_conn chat_addresses 200;": "limit_conn chat_addresses 5;"})
-    try:
-        for _ in range(5):
-            assert receive_json(capped.connect())["command"] == "messages"
-        assert status_of(capped.url + "/") == 429  # the sixth, while the five WebSockets are open
-        capped.clients.close()
-        wait_until(lambda: status_of(capped.url + "/") == 200)
-    finally:
-        capped.stop()
+    capped = start(Nginx(tmp_path / "capped", behind_nginx.app.port,
+                         {**SHORTER, "limit_conn chat_addresses 200;": "limit_conn chat_addresses 5;"}))
+    for _ in range(5):
+        assert receive_json(capped.connect())["command"] == "messages"
+    assert capped.request("GET", "/").status == 429  # the sixth, while the five WebSockets are open
+    capped.clients.close()
+    wait_until(lambda: capped.request("GET", "/").status == 200)
 
 
 def post_as(url, text, forwarded_for):
     """POST a message claiming, in X-Forwarded-For, to come from `forwarded_for`; return the status."""
-    request = urllib.request.Request(url + "/messages", data=json.dumps({"user": "a", "text": text}).encode(),
-                                     headers={"Content-Type": "application/json", "X-Forwarded-For": forwarded_for})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return request("POST", url + "/messages", {"user": "a", "text": text}, {"X-Forwarded-For": forwarded_for}).status
 
 
 @pytest.mark.config(RATE_LIMIT=1)  # one change a second, in bursts of three
@@ -144,7 +133,7 @@ def test_through_nginx_trickled_headers_are_cut_off_and_others_are_served(behind
     with ThreadPoolExecutor(20) as pool:
         trickling = [pool.submit(trickle, behind_nginx.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", headers)
                      for _ in range(20)]
-        assert status_of(behind_nginx.url + "/") == 200
+        assert behind_nginx.request("GET", "/").status == 200
         for answer in trickling:  # nginx answers 408, or just closes
             assert answer.result() == b"" or answer.result().startswith(b"HTTP/1.1 408")
 
@@ -161,7 +150,7 @@ def test_through_nginx_an_endless_body_gets_413_and_others_are_served(behind_ngi
         flooding = [pool.submit(flood_after_headers, behind_nginx.port, headers, 2**40, served, piece)
                     for _ in range(2)]
         for _ in range(5):
-            assert status_of(behind_nginx.url + "/messages") == 200
+            assert behind_nginx.request("GET", "/messages").status == 200
         served.set()
         for flood in flooding:
             answer, _ = flood.result()
@@ -181,7 +170,7 @@ def gunicorn_worker(app):
 
 
 def trickle_then_finish(port, headers, body, finish):
-    """Send `headers`, then `body` a byte every 0.3 s until the event `finish` is set, then the rest; return the answer."""
+    """Send `headers`, then `body` a byte every 0.3 s until `finish` is set, then the rest; return the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(headers)
         sent = 0
@@ -203,7 +192,7 @@ def test_through_nginx_trickled_bodies_hold_none_of_gunicorns_connections(behind
         trickling = [pool.submit(trickle_then_finish, behind_nginx.port, headers, body, finish) for _ in range(40)]
         try:
             for _ in range(10):
-                assert status_of(behind_nginx.url + "/messages") == 200
+                assert behind_nginx.request("GET", "/messages").status == 200
         finally:
             finish.set()
         for answer in trickling:  # nginx waited for each body, then passed it on whole
@@ -226,7 +215,7 @@ def test_through_nginx_large_answers_that_are_never_read_are_held_by_nginx_not_g
             unread.append(raw)
         # nginx took each answer whole from gunicorn, whose connections are all closed again.
         wait_until(lambda: open_files(worker) <= files_before + 2, timeout=30)
-        assert status_of(behind_nginx.url + "/messages") == 200
+        assert behind_nginx.request("GET", "/messages").status == 200
     finally:
         for raw in unread:
             raw.close()
@@ -238,8 +227,6 @@ def test_through_nginx_large_answers_that_are_never_read_are_held_by_nginx_not_g
 @pytest.fixture
 def pages(browser):
     """Open pages in Chromium; fail at the end if any had a JavaScript error."""
-    from test_browser import PageOpener
-
     opener = PageOpener(browser)
     yield opener
     # While the app is away, nginx answers the page's WebSocket handshakes with 502, which the browser logs.
@@ -248,13 +235,13 @@ def pages(browser):
     assert problems == [], "JavaScript errors in the pages:\n" + "\n".join(problems)
 
 
+# gunicorn waits this long for the polling page's long poll when it stops, not its default 10 s.
+@pytest.mark.config(gunicorn_options=["--graceful-timeout", "2"])
 def test_through_nginx_both_pages_chat_in_chromium_and_reconnect_after_gunicorn_restarts(behind_nginx, pages):
     from playwright.sync_api import expect
 
-    from test_browser import RECONNECT_TIMEOUT, messages, send
-
-    polling = pages(behind_nginx.url + "/polling", network_errors_expected=True)
-    websocket = pages(behind_nginx.url + "/websocket", network_errors_expected=True)
+    polling = pages(behind_nginx.url + "/polling", network_errors_expected=True, clock=True)
+    websocket = pages(behind_nginx.url + "/websocket", network_errors_expected=True, clock=True)
     for page in (polling, websocket):
         expect(page.get_by_role("status")).to_have_text("connected")
     send(polling, "Azin", "Through nginx, by polling")
@@ -267,6 +254,8 @@ def test_through_nginx_both_pages_chat_in_chromium_and_reconnect_after_gunicorn_
     for page in (polling, websocket):
         expect(page.get_by_role("status")).not_to_have_text("connected")
     app.start()
+    for page in (polling, websocket):
+        retry_now(page)
     for page in (polling, websocket):
         expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     send(websocket, "Ben", "After the restart")

@@ -9,7 +9,6 @@ What the server stored is always read back over HTTP, as any client would.
 import http.client
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -21,58 +20,20 @@ from websockets.sync.client import connect
 from wsproto.frame_protocol import FrameProtocol
 
 from app import create_app
-from conftest import (BOTH_STORES, CHROMIUM, CHROMIUM_ARGS, ON_CI, FlaskRun, LiveServer, close_app,
-                      free_port, raw_websocket, receive_json, receive_until, server_threads, wait_until)
-
-try:
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    if ON_CI:
-        raise
-    sync_playwright = None  # the one browser test skips; the others don't need Playwright
-
+from helpers import (PROMPTLY, Answer, FlaskRun, LiveServer, close_app,
+                     close_code_received, flood_with_likes, frames_left, history, masked_text_frame,
+                     on_both_stores, raw_websocket, read_server_frame, receive_json, receive_until, send_frame,
+                     server_threads, wait_until)
 
 FIVE_THOUSAND_DIGITS = "9" * 5000
-# Seconds: long enough not to blame a busy machine, short enough to catch a hang.
-PROMPTLY = 10
 
 
 # Helpers
 
 
-class Answer:
-    """An HTTP answer: its status, its headers and its decoded JSON body."""
-
-    def __init__(self, response):
-        self.status = response.status
-        self.headers = response.headers
-        self.body = response.read()
-
-    @property
-    def json(self):
-        """The body, decoded; read after the status, so that a 500's HTML page fails on the status."""
-        return json.loads(self.body)
-
-
-def send_request(server, method, path, body=None, headers=None):
-    """Send one HTTP request exactly as given (bytes and headers) and return its Answer."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPTLY)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        return Answer(connection.getresponse())
-    finally:
-        connection.close()
-
-
 def post_json(server, path, message=None, origin=None):
     """POST `message` as JSON (nothing, for a vote), with `origin` as Origin if given; return the Answer."""
-    headers = {"Origin": origin} if origin else {}
-    body = None
-    if message is not None:
-        body = json.dumps(message).encode()
-        headers["Content-Type"] = "application/json"
-    return send_request(server, "POST", path, body, headers)
+    return server.request("POST", path, message, {"Origin": origin} if origin else {})
 
 
 @pytest.fixture(scope="module")
@@ -90,76 +51,6 @@ def shared_server():
     close_app(live.app)
 
 
-def history(server):
-    """What the server stored, as a first load sees it: (cursor, [(text, likes, dislikes), ...])."""
-    answer = server.get("/messages")
-    return answer["cursor"], [(m["text"], m["likes"], m["dislikes"]) for m in answer["messages"]]
-
-
-def send_frame(ws, command):
-    """Send one command as a JSON text frame, in UTF-8 as browsers send it (not \\u escapes)."""
-    ws.send(json.dumps(command, ensure_ascii=False))
-
-
-def masked_text_frame(text):
-    """The bytes of one WebSocket text frame as a client must send it: masked."""
-    return bytes(FrameProtocol(client=True, extensions=[]).send_data(text))
-
-
-def read_server_frame(raw):
-    """Read one frame from the server (not masked) off a plain socket; return (opcode, payload)."""
-    header = raw.recv(2, socket.MSG_WAITALL)
-    assert len(header) == 2, "the connection ended without a close frame"
-    opcode, length = header[0] & 0x0F, header[1] & 0x7F
-    if length == 126:
-        length = int.from_bytes(raw.recv(2, socket.MSG_WAITALL), "big")
-    elif length == 127:
-        length = int.from_bytes(raw.recv(8, socket.MSG_WAITALL), "big")
-    payload = raw.recv(length, socket.MSG_WAITALL) if length else b""
-    return opcode, payload
-
-
-def flood_with_likes(sockets, message_id=1):
-    """Send likes on all `sockets` at once, as fast as they go, until each is closed or PROMPTLY passes.
-
-    Return {socket: the close frame it received (None if none came)} for those closed.
-    """
-    close_frames = {}
-
-    def flood(ws):
-        deadline = time.monotonic() + PROMPTLY
-        try:
-            while time.monotonic() < deadline:
-                send_frame(ws, {"command": "like", "id": message_id})
-        except ConnectionClosed as closed:
-            close_frames[ws] = closed.rcvd
-
-    floods = [threading.Thread(target=flood, args=(ws,)) for ws in sockets]
-    for thread in floods:
-        thread.start()
-    for thread in floods:
-        thread.join()
-    return close_frames
-
-
-def frames_left(ws):
-    """The frames a closed python-websockets connection received and no one read yet, decoded."""
-    frames = []
-    try:
-        while True:
-            frames.append(json.loads(ws.recv(timeout=0)))
-    except ConnectionClosed:
-        return frames
-
-
-def close_code_received(raw):
-    """Read server frames until the close frame; return its code."""
-    while True:
-        opcode, payload = read_server_frame(raw)
-        if opcode == 0x8:
-            return int.from_bytes(payload[:2], "big")
-
-
 # Numbers of 5000 digits
 
 
@@ -170,7 +61,7 @@ def close_code_received(raw):
     (f"before=5&limit={FIVE_THOUSAND_DIGITS}", "limit"),
 ])
 def test_query_numbers_of_5000_digits_get_400_naming_the_argument(shared_server, query, argument):
-    answer = send_request(shared_server, "GET", "/messages?" + query)
+    answer = shared_server.request("GET", "/messages?" + query)
     assert answer.status == 400
     assert answer.json["error"].startswith(f"{argument} must be a whole number")
     assert len(answer.json["error"]) < 200  # says what is wrong without quoting it all
@@ -186,7 +77,7 @@ def test_numbers_of_5000_digits_in_a_body_or_a_vote_url_get_a_json_4xx_and_chang
         shared_server, path, body):
     before = history(shared_server)
     headers = {"Content-Type": "application/json"} if body else {}
-    answer = send_request(shared_server, "POST", path, body and body.encode(), headers)
+    answer = shared_server.request("POST", path, body and body.encode(), headers)
     assert 400 <= answer.status < 500
     assert answer.json["error"]
     assert history(shared_server) == before
@@ -198,15 +89,9 @@ def test_numbers_of_5000_digits_in_a_body_or_a_vote_url_get_a_json_4xx_and_chang
 @pytest.fixture(scope="module")
 def logged_flask_run(tmp_path_factory):
     """One `flask run`, its log kept in a file, for the handshake tests (they change nothing)."""
-    running = FlaskRun(free_port(), log=tmp_path_factory.mktemp("flask") / "flask.log")
-    running.start()
+    running = FlaskRun(log=tmp_path_factory.mktemp("flask") / "flask.log").start()
     yield running
     running.stop()
-
-
-def server_log(running):
-    """Everything a `flask run` has logged so far."""
-    return running.log.read_text(encoding="utf-8", errors="replace")
 
 
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
@@ -226,15 +111,15 @@ KEY = {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version":
         "plain GET", "no Connection header"])
 def test_broken_handshakes_get_400_with_a_reason_and_one_log_line_without_traceback(
         logged_flask_run, path, headers, complaint):
-    logged_before = len(server_log(logged_flask_run))
-    answer = send_request(logged_flask_run, "GET", path, headers=headers)
+    logged_before = len(logged_flask_run.output())
+    answer = logged_flask_run.request("GET", path, headers=headers)
     assert answer.status == 400
     assert complaint in answer.json["error"]
     if complaint == "Sec-WebSocket-Version":  # RFC 6455, 4.4: say which version we speak
         assert answer.headers["Sec-WebSocket-Version"] == "13"
     # werkzeug logs the request once it has been answered.
-    wait_until(lambda: '" 400 ' in server_log(logged_flask_run)[logged_before:], timeout=PROMPTLY)
-    logged = server_log(logged_flask_run)[logged_before:]
+    wait_until(lambda: '" 400 ' in logged_flask_run.output()[logged_before:], timeout=PROMPTLY)
+    logged = logged_flask_run.output()[logged_before:]
     assert "Traceback" not in logged
     assert len(logged.splitlines()) == 1, logged
     assert f"GET {path} HTTP/1.1" in logged
@@ -256,7 +141,7 @@ def test_broken_handshakes_get_400_with_a_reason_and_one_log_line_without_traceb
 def test_invisible_text_control_characters_and_invalid_utf8_get_400_and_nothing_is_stored(
         shared_server, body, complaint):
     before = history(shared_server)
-    answer = send_request(shared_server, "POST", "/messages", body,
+    answer = shared_server.request("POST", "/messages", body,
                           {"Content-Type": "application/json"})
     assert answer.status == 400
     assert complaint in answer.json["error"]
@@ -326,7 +211,7 @@ def test_a_post_that_is_not_declared_json_gets_415_and_nothing_is_stored(
         shared_server, content_type):
     before = history(shared_server)
     body = json.dumps({"user": "Azin", "text": "no-cors"}).encode()
-    answer = send_request(shared_server, "POST", "/messages", body, {"Content-Type": content_type})
+    answer = shared_server.request("POST", "/messages", body, {"Content-Type": content_type})
     assert answer.status == 415
     assert "application/json" in answer.json["error"]
     assert history(shared_server) == before
@@ -391,54 +276,23 @@ class OtherSite:
         self.server.server_close()
 
 
-def visit_in_chromium(url, done):
-    """Open `url` in headless Chromium until the JavaScript expression `done` holds;
-    return the (method, url, status) of each response it got.
-
-    Playwright's sync API runs one instance per thread, and test_browser.py's
-    session-wide one may be open in this thread: this one gets a thread of its own.
-    """
-    outcome = {"responses": []}
-
-    def browse():
-        try:
-            with sync_playwright() as playwright:
-                try:
-                    chromium = playwright.chromium.launch(
-                        executable_path=CHROMIUM if os.path.exists(CHROMIUM) else None,
-                        headless=True, args=CHROMIUM_ARGS)
-                except PlaywrightError as error:
-                    outcome["launch_error"] = str(error).splitlines()[0]
-                    return
-                try:
-                    page = chromium.new_page()
-                    page.on("response", lambda response: outcome["responses"].append(
-                        (response.request.method, response.url, response.status)))
-                    page.goto(url)
-                    page.wait_for_function(done, timeout=PROMPTLY * 1000)
-                finally:
-                    chromium.close()
-        except Exception as error:  # reported in the test's thread, below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=browse, daemon=True)
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "Chromium did not finish within 60 s"
-    if "launch_error" in outcome:
-        reason = (f"Chromium would not start ({CHROMIUM} or Playwright's own): "
-                  f"{outcome['launch_error']}")
-        if ON_CI:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["responses"]
+def visit_in_chromium(browser, url, done):
+    """Open `url` in Chromium until the JavaScript expression `done` holds; return the (method, url, status)
+    of each response it got."""
+    responses = []
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.on("response", lambda response: responses.append(
+            (response.request.method, response.url, response.status)))
+        page.goto(url)
+        page.wait_for_function(done, timeout=PROMPTLY * 1000)
+    finally:
+        context.close()
+    return responses
 
 
-def test_a_page_on_another_site_can_not_post_or_like_with_no_cors_fetches(server):
-    if sync_playwright is None:
-        pytest.skip("Playwright is not installed: pip install -r requirements-dev.txt")
+def test_a_page_on_another_site_can_not_post_or_like_with_no_cors_fetches(server, browser):
     server.post("/messages", {"user": "Azin", "text": "here first"})
     page = """<!doctype html><title>elsewhere</title><script>
       const chat = %s;
@@ -450,7 +304,7 @@ def test_a_page_on_another_site_can_not_post_or_like_with_no_cors_fetches(server
       ]).then(() => { document.title = "sent"; });
     </script>""" % json.dumps(server.url)
     with OtherSite(page) as other_site:
-        responses = visit_in_chromium(other_site.url, "document.title === 'sent'")
+        responses = visit_in_chromium(browser, other_site.url, "document.title === 'sent'")
     # The requests reached the chat, and it said no.
     assert sorted((method, url, status) for method, url, status in responses
                   if url.startswith(server.url)) == [
@@ -526,10 +380,13 @@ def test_a_raw_client_that_writes_a_whole_10_mb_frame_then_reads_gets_a_close_fr
 
 RATE_LIMIT = 10  # the default
 BURST = 3 * RATE_LIMIT
+# How long a flood lasts: long enough that a per-connection allowance would let through
+# several times the shared one, which is the burst and RATE_LIMIT a second.
+FLOOD_SECONDS = 2
 
 
 def test_likes_flooded_over_one_socket_are_applied_at_the_rate_limit_and_never_after_it_closes(
-        server):
+        server, broadcaster):
     server.post("/messages", {"user": "Azin", "text": "like me"})
     raw = raw_websocket(server.port)
     read_server_frame(raw)
@@ -538,7 +395,7 @@ def test_likes_flooded_over_one_socket_are_applied_at_the_rate_limit_and_never_a
     raw.settimeout(0.2)
     sent_bytes = 0
     started = time.monotonic()
-    while time.monotonic() - started < 3:
+    while time.monotonic() - started < FLOOD_SECONDS:
         try:
             sent_bytes += raw.send(flood[sent_bytes % len(flood):])
         except TimeoutError:
@@ -550,8 +407,9 @@ def test_likes_flooded_over_one_socket_are_applied_at_the_rate_limit_and_never_a
     applied = history(server)[1][0][1]
     assert applied <= RATE_LIMIT * (time.monotonic() - started) + BURST + 5
     assert sent >= 10 * applied, f"only {sent} likes sent: not a flood"
-    # What was sent but not yet carried out is dropped with the connection.
-    time.sleep(2)
+    # What was sent but not yet carried out is dropped with the connection: once its
+    # route has ended, nothing more was applied.
+    wait_until(lambda: not broadcaster.subscribers)
     assert history(server)[1][0][1] == applied
 
 
@@ -578,7 +436,7 @@ def test_sockets_that_keep_flooding_get_error_frames_then_1008_and_the_server_lo
     assert errors == []
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)  # Redis keeps the counts for all processes
+@on_both_stores  # Redis keeps the counts for all processes
 def test_a_burst_of_posts_beyond_the_limit_gets_429_with_retry_after_and_is_not_stored(server):
     answers = [post_json(server, "/messages", {"user": "Azin", "text": f"burst {n}"})
                for n in range(BURST + 20)]
@@ -645,7 +503,7 @@ def ids(answer):
     return [m["id"] for m in answer["messages"]]
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@on_both_stores
 @pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
 def test_older_history_comes_in_pages_before_the_oldest_message_shown(server):
     for n in range(1, 13):
@@ -673,7 +531,7 @@ def test_older_history_comes_in_pages_before_the_oldest_message_shown(server):
     ("before=5&wait=1", "before can't be combined"),
 ])
 def test_bad_before_pages_get_400_with_a_reason(shared_server, query, complaint):
-    answer = send_request(shared_server, "GET", "/messages?" + query)
+    answer = shared_server.request("GET", "/messages?" + query)
     assert answer.status == 400
     assert complaint in answer.json["error"]
 
@@ -711,7 +569,7 @@ def states(messages):
     return {m["id"]: (m["text"], m["likes"], m["dislikes"]) for m in messages}
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@on_both_stores
 @pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
 def test_a_far_behind_client_catches_up_over_http_in_pages_with_no_gap_and_no_repeat(server):
     away_at, changed = make_changes_while_a_client_is_away(server)
@@ -733,7 +591,7 @@ def test_a_far_behind_client_catches_up_over_http_in_pages_with_no_gap_and_no_re
     assert cursor == server.get("/messages")["cursor"]
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@on_both_stores
 @pytest.mark.config(PAGE_SIZE=5, RATE_LIMIT=0)
 def test_a_far_behind_client_catches_up_over_a_socket_in_pages_with_no_gap_and_no_repeat(server):
     away_at, changed = make_changes_while_a_client_is_away(server)
@@ -755,7 +613,7 @@ def test_a_far_behind_client_catches_up_over_a_socket_in_pages_with_no_gap_and_n
 # What a client sent before it closed counts
 
 
-@pytest.mark.parametrize("store_kind", BOTH_STORES)
+@on_both_stores
 @pytest.mark.config(RATE_LIMIT=0)  # 5 trials of 10 frames, from one address
 def test_frames_sent_just_before_a_close_frame_are_all_carried_out(server):
     for trial in range(5):
@@ -795,15 +653,7 @@ def connect_from(server, address, path="/ws"):
 
 def post_from(server, address, path="/messages", message=None):
     """POST `message` as JSON from the local address `address`; return the Answer."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPTLY,
-                                            source_address=(address, 0))
-    try:
-        body = json.dumps(message).encode() if message is not None else None
-        connection.request("POST", path, body=body,
-                           headers={"Content-Type": "application/json"} if body else {})
-        return Answer(connection.getresponse())
-    finally:
-        connection.close()
+    return server.request("POST", path, message, source_address=(address, 0))
 
 
 def send_message_command(text):
@@ -812,7 +662,7 @@ def send_message_command(text):
 
 def test_reconnecting_buys_no_new_allowance(server, broadcaster):
     started, sent = time.monotonic(), 0
-    while time.monotonic() - started < 3:
+    while time.monotonic() - started < FLOOD_SECONDS:
         with server.connect(max_queue=None) as ws:  # a new connection for every 29 messages
             receive_json(ws)
             for _ in range(29):
@@ -882,7 +732,7 @@ def test_an_address_holds_at_most_max_sockets_per_address_websockets(server, bro
         server.connect()
     assert refused.value.response.status_code == 429
     assert b"already has 5 WebSockets" in refused.value.response.body
-    assert send_request(server, "GET", "/messages").status == 200  # the API still answers it
+    assert server.request("GET", "/messages").status == 200  # the API still answers it
 
     elsewhere = connect_from(server, "127.0.0.2")  # another client is not refused
     assert receive_json(elsewhere)["command"] == "messages"
@@ -899,16 +749,16 @@ def test_an_address_holds_at_most_max_sockets_per_address_waiting_long_polls(ser
     answers = []
 
     def long_poll():
-        answers.append(send_request(server, "GET", f"/messages?since={cursor}&wait=20"))
+        answers.append(server.request("GET", f"/messages?since={cursor}&wait=20"))
 
     waiting = [threading.Thread(target=long_poll) for _ in range(3)]
     for thread in waiting:
         thread.start()
     wait_until(lambda: long_polls.count == 3)
-    refused = send_request(server, "GET", f"/messages?since={cursor}&wait=20")
+    refused = server.request("GET", f"/messages?since={cursor}&wait=20")
     assert refused.status == 429
     assert "already has 3 requests waiting" in refused.json["error"]
-    assert send_request(server, "GET", f"/messages?since={cursor}").status == 200  # not waiting: fine
+    assert server.request("GET", f"/messages?since={cursor}").status == 200  # not waiting: fine
 
     post_json(server, "/messages", {"user": "Azin", "text": "wake up"})
     for thread in waiting:

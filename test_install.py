@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import ON_CI, PROJECT, free_port, receive_json, receive_until, texts, wait_until
+from helpers import ON_CI, PROJECT, free_port, receive_json, receive_until, request, texts, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the README's commands are for a Unix shell")
 
@@ -56,8 +55,7 @@ class Command:
         def answers():
             assert self.process.poll() is None, f"`{self.line}` ended:\n{self.log.read_text()}"
             try:
-                with urllib.request.urlopen(self.url + "/", timeout=5) as page:
-                    return page.status == 200
+                return request("GET", self.url + "/", timeout=5).status == 200
             except OSError:
                 return False
 
@@ -87,8 +85,7 @@ def project_copy(tmp_path_factory):
 
 def check_serving_then_stopping(command):
     """Load a page, open a WebSocket, post a message it receives, then SIGTERM: the socket hears 1001."""
-    with urllib.request.urlopen(command.url + "/websocket", timeout=10) as page:
-        assert b"<form" in page.read()
+    assert b"<form" in request("GET", command.url + "/websocket").body
     with connect(f"ws://127.0.0.1:{command.port}/ws", open_timeout=10) as ws:
         receive_json(ws)
         post(command.url, "from a clean install")
@@ -101,10 +98,7 @@ def check_serving_then_stopping(command):
 
 def post(url, text):
     """POST a message to the chat at `url`."""
-    request = urllib.request.Request(url + "/messages", data=f'{{"user": "install", "text": "{text}"}}'.encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 201
+    assert request("POST", url + "/messages", {"user": "install", "text": text}).status == 201
 
 
 def test_the_readme_install_command_then_its_production_command_serve_and_stop_with_1001(project_copy):
@@ -150,9 +144,12 @@ def test_the_readme_redis_commands_serve_one_chat_from_a_clean_install(project_c
         "6379", str(redis_port)).replace("0.0.0.0:8000", f"127.0.0.1:{gunicorn_port}")
     commands = [Command(redis_line, project_copy, redis_port)]
     try:
-        commands.append(Command(flask_line, project_copy, flask_port).wait_for_the_page(timeout=60))
-        commands.append(Command(gunicorn_line, project_copy, gunicorn_port).wait_for_the_page(timeout=60))
+        # Each is in `commands` before it is waited for, so that `finally` stops it whatever fails.
+        commands.append(Command(flask_line, project_copy, flask_port))
+        commands.append(Command(gunicorn_line, project_copy, gunicorn_port))
         flask_run, gunicorn = commands[1:]
+        for command in (flask_run, gunicorn):
+            command.wait_for_the_page(timeout=60)
         with connect(f"ws://127.0.0.1:{gunicorn_port}/ws", open_timeout=10) as ws:
             receive_json(ws)
             post(flask_run.url, "one chat")  # posted to flask run, seen through gunicorn's workers

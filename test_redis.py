@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 
 import pytest
@@ -23,8 +21,8 @@ import redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import (FlaskRun, Gunicorn, check_clients_joining_while_others_post, free_port, receive_json,
-                      receive_until, start_redis_server, texts, threads_of, wait_until)
+from helpers import (FlaskRun, Gunicorn, RedisServer, check_clients_joining_while_others_post, flask_env, free_port,
+                     receive_json, redis_settings, receive_until, texts, threads_of, wait_until)
 from redis_limits import RedisBucketPerAddress, RedisPlaces
 from redis_store import RedisStore
 
@@ -34,39 +32,10 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process d
 # Helpers
 
 
-def get(url, path):
-    """GET `path` and return the decoded JSON."""
-    with urllib.request.urlopen(url + path, timeout=35) as response:
-        return json.load(response)
-
-
-def post(url, path, body=None):
-    """POST `body` as JSON (or nothing) and return (status, decoded JSON)."""
-    data = json.dumps(body).encode() if body is not None else b""
-    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
-class Processes:
-    """Several `flask run` processes on one Redis, stopped at the end of the test."""
-
-    def __init__(self, redis_url, tmp_path, count=2, **settings):
-        env = {"FLASK_REDIS_URL": redis_url, **{f"FLASK_{k}": str(v) for k, v in settings.items()}}
-        self.servers = [FlaskRun(free_port(), env=env, log=tmp_path / f"flask-{n}.log")
-                        for n in range(count)]
-
-    def start(self):
-        for server in self.servers:
-            server.start()
-        return self.servers
-
-    def stop(self):
-        for server in self.servers:
-            server.stop()
+def flask_runs(start, redis_url, tmp_path, count=2, **settings):
+    """Start `count` `flask run` processes on one Redis, with `start`: each stops after the test."""
+    env = flask_env({**redis_settings(redis_url), **settings})
+    return [start(FlaskRun(env=env, log=tmp_path / f"flask-{n}.log")) for n in range(count)]
 
 
 def receive_command(ws, command, timeout=10, skipped=None):
@@ -96,12 +65,10 @@ def shared_redis(redis_server):
 
 
 @pytest.fixture
-def two_processes(shared_redis, tmp_path, request):
+def two_processes(start, shared_redis, tmp_path, request):
     """Two `flask run` processes sharing one Redis; settings from @pytest.mark.config."""
     marker = request.node.get_closest_marker("config")
-    processes = Processes(shared_redis.url, tmp_path, **(marker.kwargs if marker else {}))
-    yield processes.start()
-    processes.stop()
+    return flask_runs(start, shared_redis.url, tmp_path, **(marker.kwargs if marker else {}))
 
 
 # One chat, several processes
@@ -112,14 +79,13 @@ def test_a_post_to_one_process_reaches_sockets_and_long_polls_of_the_other(two_p
     with connect(f"ws://127.0.0.1:{b.port}/ws") as ws:
         start = receive_json(ws)
         long_poll = {}
-        waiting = threading.Thread(target=lambda: long_poll.update(get(
-            b.url, f"/messages?since={start['cursor']}&epoch={start['epoch']}&wait=20")))
+        waiting = threading.Thread(target=lambda: long_poll.update(b.get(
+            f"/messages?since={start['cursor']}&epoch={start['epoch']}&wait=20")))
         waiting.start()
         time.sleep(0.3)  # let the long poll settle into waiting
 
-        status, stored = post(a.url, "/messages", {"user": "Azin", "text": "from process A"})
+        assert a.request("POST", "/messages", {"user": "Azin", "text": "from process A"}).status == 201
 
-        assert status == 201
         assert texts([receive_json(ws)]) == ["from process A"]
         waiting.join(timeout=10)
         assert texts([long_poll]) == ["from process A"]
@@ -136,11 +102,11 @@ def test_clients_joining_one_process_while_another_thread_posts_to_both_get_ever
 @pytest.mark.config(RATE_LIMIT=0)  # 400 likes from one address
 def test_likes_from_many_threads_through_both_processes_are_counted_exactly(two_processes):
     a, b = two_processes
-    post(a.url, "/messages", {"user": "Azin", "text": "like me"})
+    a.request("POST", "/messages", {"user": "Azin", "text": "like me"})
 
     def like_many(server, vote):
         for _ in range(50):
-            assert post(server.url, f"/messages/1/{vote}")[0] == 200
+            assert server.request("POST", f"/messages/1/{vote}").status == 200
 
     threads = [threading.Thread(target=like_many, args=(server, vote))
                for server in (a, b) for vote in ("like", "like", "like", "dislike")]
@@ -150,7 +116,7 @@ def test_likes_from_many_threads_through_both_processes_are_counted_exactly(two_
         thread.join()
 
     for server in (a, b):
-        answer = get(server.url, "/messages")
+        answer = server.get("/messages")
         assert (answer["messages"][0]["likes"], answer["messages"][0]["dislikes"]) == (300, 100)
         assert answer["cursor"] == 1 + 400
 
@@ -158,7 +124,7 @@ def test_likes_from_many_threads_through_both_processes_are_counted_exactly(two_
 def test_flood_control_over_http_is_shared_by_the_processes(two_processes):
     a, b = two_processes
     # RATE_LIMIT 10: a burst of 30, then 10 a second, for one address on all processes together.
-    statuses = [post((a, b)[n % 2].url, "/messages", {"user": "loop", "text": f"m{n}"})[0]
+    statuses = [(a, b)[n % 2].request("POST", "/messages", {"user": "loop", "text": f"m{n}"}).status
                 for n in range(60)]
     assert statuses.count(201) < 45  # each process alone would have taken 30
     assert 429 in statuses
@@ -175,7 +141,7 @@ def test_one_address_gets_the_rate_and_burst_in_all_over_posts_and_sockets_to_ev
     statuses = []
     for n in range(20):  # 80 changes, spread over both processes and both ways of sending
         for server in (a, b):
-            statuses.append(post(server.url, "/messages", {"user": "loop", "text": f"post {n}"})[0])
+            statuses.append(server.request("POST", "/messages", {"user": "loop", "text": f"post {n}"}).status)
         for ws in sockets:
             ws.send(json.dumps({"command": "send-message", "message": {"user": "loop", "text": f"frame {n}"}}))
     refused_frames = 0
@@ -185,7 +151,7 @@ def test_one_address_gets_the_rate_and_burst_in_all_over_posts_and_sockets_to_ev
         refused_frames += sum("Too many" in frame.get("error", "") for frame in frames if "ref" not in frame)
     elapsed = time.monotonic() - started
 
-    stored = len(get(a.url, "/messages")["messages"])
+    stored = len(a.get("/messages")["messages"])
     assert stored <= 30 + 10 * elapsed + 1, f"{stored} changes in {elapsed:.1f} s"
     assert statuses.count(201) + 40 - refused_frames == stored
     assert 429 in statuses and refused_frames > 0
@@ -202,21 +168,21 @@ def test_an_address_holds_at_most_its_share_of_websockets_and_long_polls_over_ev
             open_socket(f"ws://127.0.0.1:{server.port}/ws")
         assert refused.value.response.status_code == 429
 
-    cursor = get(a.url, "/messages")["cursor"]
+    cursor = a.get("/messages")["cursor"]
     answers = []
     waiting = [threading.Thread(target=lambda server=server: answers.append(
-        answer_of(f"{server.url}/messages?since={cursor}&wait=20", timeout=30))) for server in (a, b, b)]
+        server.request("GET", f"/messages?since={cursor}&wait=20", timeout=30))) for server in (a, b, b)]
     for thread in waiting:
         thread.start()
     client = shared_redis.client()
     wait_until(lambda: sum(int(places) for key in client.keys("chat:places:long-polls:*")
                            for places in client.hvals(key)) == 3)
     for server in (a, b):
-        assert answer_of(f"{server.url}/messages?since={cursor}&wait=20")[0] == 429
-    assert post(b.url, "/messages", {"user": "Azin", "text": "wake up"})[0] == 201
+        assert server.request("GET", f"/messages?since={cursor}&wait=20").status == 429
+    assert b.request("POST", "/messages", {"user": "Azin", "text": "wake up"}).status == 201
     for thread in waiting:
         thread.join()
-    assert [status for status, _ in answers] == [200] * 3
+    assert [answer.status for answer in answers] == [200] * 3
 
 
 def worker_holding(client_port, server_port, master_pid):
@@ -253,41 +219,29 @@ def post_through_a_new_connection(server, text):
         connection.close()
 
 
-def test_sockets_spread_over_gunicorn_workers_all_get_every_message(shared_redis, tmp_path):
+def test_sockets_spread_over_gunicorn_workers_all_get_every_message(start, shared_redis, tmp_path):
     # The README's production command with three workers on one Redis.
-    server = Gunicorn(env={"FLASK_REDIS_URL": shared_redis.url, "FLASK_RATE_LIMIT": "0"}, options=["-w", "3"],
-                      log=tmp_path / "gunicorn.log").start()
-    try:
-        sockets = [server.connect(open_timeout=20) for _ in range(24)]
-        for ws in sockets:
-            receive_json(ws)
-        # Which worker accepts a connection is the kernel's choice: find out where each one went.
-        socket_workers = {worker_holding(ws.socket.getsockname()[1], server.port, server.process.pid)
-                          for ws in sockets} - {None}
-        posted, post_workers = [], set()
-        # Post until some post went through a worker other than some socket's (if the kernel
-        # ever lets one), so that messages must cross processes to reach every socket.
-        while len(posted) < 20 or (len(posted) < 60 and len(post_workers | socket_workers) < 2):
-            status, worker = post_through_a_new_connection(server, f"m{len(posted)}")
-            assert status == 201
-            posted.append(f"m{len(posted)}")
-            post_workers |= {worker} - {None}
+    env = flask_env({**redis_settings(shared_redis.url), "RATE_LIMIT": 0})
+    server = start(Gunicorn(env=env, options=["-w", "3"], log=tmp_path / "gunicorn.log"))
+    sockets = [server.connect(open_timeout=20) for _ in range(24)]
+    for ws in sockets:
+        receive_json(ws)
+    # Which worker accepts a connection is the kernel's choice: find out where each one went.
+    socket_workers = {worker_holding(ws.socket.getsockname()[1], server.port, server.process.pid)
+                      for ws in sockets} - {None}
+    posted, post_workers = [], set()
+    # Post until some post went through a worker other than some socket's (if the kernel
+    # ever lets one), so that messages must cross processes to reach every socket.
+    while len(posted) < 20 or (len(posted) < 60 and len(post_workers | socket_workers) < 2):
+        status, worker = post_through_a_new_connection(server, f"m{len(posted)}")
+        assert status == 201
+        posted.append(f"m{len(posted)}")
+        post_workers |= {worker} - {None}
 
-        for ws in sockets:
-            frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == len(posted))
-            assert texts(frames) == posted
-        print(f"\nsockets on workers {sorted(socket_workers)}, posts through {sorted(post_workers)}")
-    finally:
-        server.stop()
-
-
-def get_or_none(url):
-    """GET `url` and return its JSON, or None if nothing answers yet."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return json.load(response)
-    except OSError:
-        return None
+    for ws in sockets:
+        frames = receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == len(posted))
+        assert texts(frames) == posted
+    print(f"\nsockets on workers {sorted(socket_workers)}, posts through {sorted(post_workers)}")
 
 
 # Restarts and faults
@@ -296,8 +250,8 @@ def get_or_none(url):
 def test_restarting_every_app_process_keeps_the_messages_and_the_epoch(two_processes):
     a, b = two_processes
     for n in range(3):
-        post(a.url, "/messages", {"user": "Azin", "text": f"before {n}"})
-    before = get(b.url, "/messages")
+        a.request("POST", "/messages", {"user": "Azin", "text": f"before {n}"})
+    before = b.get("/messages")
 
     for server in (a, b):
         server.stop()
@@ -305,7 +259,7 @@ def test_restarting_every_app_process_keeps_the_messages_and_the_epoch(two_proce
         server.start()
 
     for server in (a, b):
-        after = get(server.url, "/messages")
+        after = server.get("/messages")
         assert after["epoch"] == before["epoch"]
         assert after["messages"] == before["messages"]
     with connect(f"ws://127.0.0.1:{a.port}/ws?since={before['cursor']}&epoch={before['epoch']}") as ws:
@@ -316,14 +270,14 @@ def test_restarting_every_app_process_keeps_the_messages_and_the_epoch(two_proce
 def test_flushall_resets_clients_and_never_mixes_the_two_histories(two_processes, shared_redis):
     a, b = two_processes
     for n in range(3):
-        post(a.url, "/messages", {"user": "Azin", "text": f"old {n}"})
+        a.request("POST", "/messages", {"user": "Azin", "text": f"old {n}"})
     with connect(f"ws://127.0.0.1:{a.port}/ws") as ws:
         old = receive_json(ws)
         assert texts([old]) == ["old 0", "old 1", "old 2"]
 
         shared_redis.client().flushall()
-        status, new = post(b.url, "/messages", {"user": "Ben", "text": "new 0"})
-        assert (status, new["id"]) == (201, 1)  # ids start again, in a new epoch
+        new = b.request("POST", "/messages", {"user": "Ben", "text": "new 0"})
+        assert (new.status, new.json["id"]) == (201, 1)  # ids start again, in a new epoch
 
         frames = receive_until(ws, lambda frames: any(frame["reset"] for frame in frames))
         reset = next(frame for frame in frames if frame["reset"])
@@ -334,161 +288,131 @@ def test_flushall_resets_clients_and_never_mixes_the_two_histories(two_processes
             assert texts(receive_until(ws, lambda frames: texts(frames))) == ["new 0"]
 
     # A long-polling client from before the flush gets a reset too.
-    answer = get(b.url, f"/messages?since={old['cursor']}&epoch={old['epoch']}")
+    answer = b.get(f"/messages?since={old['cursor']}&epoch={old['epoch']}")
     assert (answer["reset"], texts([answer])) == (True, ["new 0"])
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["no persistence", "appendfsync always"])
 def test_when_redis_stops_requests_get_503_and_everything_recovers_when_it_returns(
-        tmp_path, persistent, open_socket):
-    redis_server = start_redis_server(tmp_path, persistent)
-    processes = Processes(redis_server.url, tmp_path)
-    a, b = processes.start()
-    try:
-        for n in range(3):
-            assert post(a.url, "/messages", {"user": "Azin", "text": f"before {n}"})[0] == 201
-        before = get(a.url, "/messages")
-        ws = open_socket(f"ws://127.0.0.1:{b.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
-        receive_json(ws)
-        threads_before = threads_of(a.process.pid)
+        start, tmp_path, persistent, open_socket):
+    redis_server = start(RedisServer(tmp_path, persistent))
+    a, b = flask_runs(start, redis_server.url, tmp_path)
+    for n in range(3):
+        assert a.request("POST", "/messages", {"user": "Azin", "text": f"before {n}"}).status == 201
+    before = a.get("/messages")
+    ws = open_socket(f"ws://127.0.0.1:{b.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
+    receive_json(ws)
+    threads_before = threads_of(a.process.pid)
 
-        redis_server.process.kill()  # as in a crash: no chance to save anything more
-        redis_server.process.wait()
-        started = time.monotonic()
-        status, answer = post(a.url, "/messages", {"user": "Azin", "text": "while down"})
-        assert status == 503 and "Redis" in answer["error"]
-        assert time.monotonic() - started < 5
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            get(b.url, "/messages")
-        assert refused.value.code == 503
-        with urllib.request.urlopen(a.url + "/polling", timeout=5) as page:
-            assert page.status == 200  # pages don't need Redis
-        ws.send(json.dumps({"command": "like", "id": 1, "ref": "while-down"}))
-        error = receive_command(ws, "error")
-        assert error["ref"] == "while-down"
-        assert "Redis" in error["error"]
+    redis_server.process.kill()  # as in a crash: no chance to save anything more
+    redis_server.process.wait()
+    started = time.monotonic()
+    answer = a.request("POST", "/messages", {"user": "Azin", "text": "while down"})
+    assert answer.status == 503 and "Redis" in answer.json["error"]
+    assert time.monotonic() - started < 5
+    assert b.request("GET", "/messages").status == 503
+    assert a.request("GET", "/polling").status == 200  # pages don't need Redis
+    ws.send(json.dumps({"command": "like", "id": 1, "ref": "while-down"}))
+    error = receive_command(ws, "error")
+    assert error["ref"] == "while-down"
+    assert "Redis" in error["error"]
 
-        redis_server.start()  # same port, same folder
-        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201,
-                   timeout=15)
-        after = get(b.url, "/messages")
-        # A restarted Redis may have lost changes, so it is a new epoch either way...
-        assert after["epoch"] != before["epoch"]
-        # ...but with every write on disk before it was acknowledged, nothing was lost.
-        expected = ["before 0", "before 1", "before 2", "after"] if persistent else ["after"]
-        assert texts([after]) == expected
+    redis_server.start()  # same port, same folder
+    wait_until(lambda: a.request("POST", "/messages", {"user": "Azin", "text": "after"}).status == 201,
+               timeout=15)
+    after = b.get("/messages")
+    # A restarted Redis may have lost changes, so it is a new epoch either way...
+    assert after["epoch"] != before["epoch"]
+    # ...but with every write on disk before it was acknowledged, nothing was lost.
+    expected = ["before 0", "before 1", "before 2", "after"] if persistent else ["after"]
+    assert texts([after]) == expected
 
-        # The socket open through it all is told to start again, and the broadcaster still works.
-        frames = receive_until(ws, lambda frames: any(f.get("reset") for f in frames), timeout=15)
-        assert next(f for f in frames if f.get("reset"))["epoch"] == after["epoch"]
-        assert post(b.url, "/messages", {"user": "Ben", "text": "and on"})[0] == 201
-        assert "and on" in texts(receive_until(ws, lambda frames: "and on" in texts(frames)))
-        ws.close()
-        assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind per failure
-    finally:
-        processes.stop()
-        redis_server.stop()
-
-
-def answer_of(request, timeout=10):
-    """Send a urllib request and return (status, decoded JSON); a server that takes longer fails the test."""
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    # The socket open through it all is told to start again, and the broadcaster still works.
+    frames = receive_until(ws, lambda frames: any(f.get("reset") for f in frames), timeout=15)
+    assert next(f for f in frames if f.get("reset"))["epoch"] == after["epoch"]
+    assert b.request("POST", "/messages", {"user": "Ben", "text": "and on"}).status == 201
+    assert "and on" in texts(receive_until(ws, lambda frames: "and on" in texts(frames)))
+    ws.close()
+    assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind per failure
 
 
 def test_a_redis_that_stops_answering_costs_requests_seconds_not_the_stall_and_everything_recovers(
-        tmp_path, open_socket):
-    redis_server = start_redis_server(tmp_path)
-    processes = Processes(redis_server.url, tmp_path)
-    a, b = processes.start()
+        start, tmp_path, open_socket):
+    redis_server = start(RedisServer(tmp_path))
+    a, b = flask_runs(start, redis_server.url, tmp_path)
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "before"}).status == 201
+    before = a.get("/messages")
+    ws = open_socket(f"ws://127.0.0.1:{a.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
+    receive_json(ws)
+    threads_before = threads_of(a.process.pid)
+
+    # Stopped, not dead: Redis still accepts connections, and never answers.
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
     try:
-        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
-        before = get(a.url, "/messages")
-        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws?since={before['cursor']}&epoch={before['epoch']}")
-        receive_json(ws)
-        threads_before = threads_of(a.process.pid)
-
-        # Stopped, not dead: Redis still accepts connections, and never answers.
-        os.kill(redis_server.process.pid, signal.SIGSTOP)
-        try:
-            # Each request gets its 503 within the client's 10 s, however long the stall.
-            for _ in range(3):
-                status, answer = post(a.url, "/messages", {"user": "Azin", "text": "while stalled"})
-                assert status == 503 and "Redis" in answer["error"]
-                assert post(a.url, "/messages/1/like")[0] == 503
-                assert answer_of(f"{a.url}/messages")[0] == 503
-                assert answer_of(f"{a.url}/messages?since={before['cursor']}&wait=5")[0] == 503
-            for page in ("/", "/polling", "/websocket"):
-                with urllib.request.urlopen(a.url + page, timeout=5) as response:
-                    assert response.status == 200  # pages don't need Redis
-            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
-                                "ref": "stalled"}))
-            error = receive_command(ws, "error")
-            assert error["ref"] == "stalled" and "Redis" in error["error"]
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-
-        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201, timeout=15)
-        # What got a 503 was never carried out, not even once Redis read it after the stall.
-        assert texts([get(b.url, "/messages")]) == ["before", "after"]
-        # The broadcaster and the socket open through it all carry on...
-        assert "after" in texts(receive_until(ws, lambda frames: "after" in texts(frames)))
-        # ...and the listeners too: a long poll on one process wakes when the other stores a message.
-        cursor = get(b.url, "/messages")["cursor"]
-        woken = {}
-        long_poll = threading.Thread(target=lambda: woken.update(
-            answer=answer_of(f"{b.url}/messages?since={cursor}&wait=30", timeout=20)))
-        long_poll.start()
-        time.sleep(0.3)  # let the long poll settle into waiting
-        assert post(a.url, "/messages", {"user": "Azin", "text": "woken"})[0] == 201
-        long_poll.join()
-        assert texts([woken["answer"][1]]) == ["woken"]
-        assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
+        # Each request gets its 503 within the client's 10 s, however long the stall.
+        for _ in range(3):
+            answer = a.request("POST", "/messages", {"user": "Azin", "text": "while stalled"})
+            assert answer.status == 503 and "Redis" in answer.json["error"]
+            assert a.request("POST", "/messages/1/like").status == 503
+            assert a.request("GET", "/messages").status == 503
+            assert a.request("GET", f"/messages?since={before['cursor']}&wait=5").status == 503
+        for page in ("/", "/polling", "/websocket"):
+            assert a.request("GET", page).status == 200  # pages don't need Redis
+        ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"},
+                            "ref": "stalled"}))
+        error = receive_command(ws, "error")
+        assert error["ref"] == "stalled" and "Redis" in error["error"]
     finally:
-        processes.stop()
-        redis_server.stop()
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+    wait_until(lambda: a.request("POST", "/messages", {"user": "Azin", "text": "after"}).status == 201, timeout=15)
+    # What got a 503 was never carried out, not even once Redis read it after the stall.
+    assert texts([b.get("/messages")]) == ["before", "after"]
+    # The broadcaster and the socket open through it all carry on...
+    assert "after" in texts(receive_until(ws, lambda frames: "after" in texts(frames)))
+    # ...and the listeners too: a long poll on one process wakes when the other stores a message.
+    cursor = b.get("/messages")["cursor"]
+    woken = {}
+    long_poll = threading.Thread(target=lambda: woken.update(
+        answer=b.request("GET", f"/messages?since={cursor}&wait=30", timeout=20)))
+    long_poll.start()
+    time.sleep(0.3)  # let the long poll settle into waiting
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "woken"}).status == 201
+    long_poll.join()
+    assert texts([woken["answer"].json]) == ["woken"]
+    assert threads_of(a.process.pid) <= threads_before + 2  # no thread left behind
 
 
 def test_a_stalled_redis_refuses_the_first_request_within_redis_seconds_and_sockets_hear_of_it_in_status_frames(
-        tmp_path, open_socket):
-    redis_server = start_redis_server(tmp_path)
-    processes = Processes(redis_server.url, tmp_path, count=1)  # REDIS_SECONDS 2; flood control runs too
-    [a] = processes.start()
+        start, tmp_path, open_socket):
+    redis_server = start(RedisServer(tmp_path))
+    [a] = flask_runs(start, redis_server.url, tmp_path, count=1)  # REDIS_SECONDS 2; flood control runs too
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "before"}).status == 201
+    watching = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+    assert receive_json(watching)["command"] == "messages"
+
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
     try:
-        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
-        watching = open_socket(f"ws://127.0.0.1:{a.port}/ws")
-        assert receive_json(watching)["command"] == "messages"
-
-        os.kill(redis_server.process.pid, signal.SIGSTOP)
-        try:
-            # One deadline for the whole request: flood control and the write
-            # each waiting their 2 s would take 4 s, and this client gives up at 3.5.
-            request = urllib.request.Request(a.url + "/messages", headers={"Content-Type": "application/json"},
-                                             data=json.dumps({"user": "Azin", "text": "stalled"}).encode())
-            status, answer = answer_of(request, timeout=3.5)
-            assert status == 503 and "Redis" in answer["error"]
-            # A socket that only watches is told, and one that connects now hears it first.
-            down = receive_json(watching)
-            assert down["command"] == "status" and down["available"] is False and "Redis" in down["error"]
-            joining = open_socket(f"ws://127.0.0.1:{a.port}/ws")
-            first = receive_json(joining)
-            assert first["command"] == "status" and first["available"] is False
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-
-        # Back: both hear it, once, and the one that joined gets its history.
-        assert receive_json(watching) == {"command": "status", "available": True}
-        assert receive_json(joining) == {"command": "status", "available": True}
-        assert texts([receive_json(joining)]) == ["before"]
-        assert post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201
-        for ws in (watching, joining):
-            assert texts([receive_json(ws)]) == ["after"]
+        # One deadline for the whole request: flood control and the write
+        # each waiting their 2 s would take 4 s, and this client gives up at 3.5.
+        answer = a.request("POST", "/messages", {"user": "Azin", "text": "stalled"}, timeout=3.5)
+        assert answer.status == 503 and "Redis" in answer.json["error"]
+        # A socket that only watches is told, and one that connects now hears it first.
+        down = receive_json(watching)
+        assert down["command"] == "status" and down["available"] is False and "Redis" in down["error"]
+        joining = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+        first = receive_json(joining)
+        assert first["command"] == "status" and first["available"] is False
     finally:
-        processes.stop()
-        redis_server.stop()
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+    # Back: both hear it, once, and the one that joined gets its history.
+    assert receive_json(watching) == {"command": "status", "available": True}
+    assert receive_json(joining) == {"command": "status", "available": True}
+    assert texts([receive_json(joining)]) == ["before"]
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "after"}).status == 201
+    for ws in (watching, joining):
+        assert texts([receive_json(ws)]) == ["after"]
 
 
 def fill_until_out_of_memory(client):
@@ -515,72 +439,59 @@ REFUSALS = {
 
 @pytest.mark.parametrize("refusal", REFUSALS)
 def test_whatever_redis_refuses_gets_a_503_or_an_error_frame_saying_why_never_a_500_or_a_dropped_socket(
-        tmp_path, open_socket, refusal):
+        start, tmp_path, open_socket, refusal):
     refuse, undo, reason = REFUSALS[refusal]
-    redis_server = start_redis_server(tmp_path)
+    redis_server = start(RedisServer(tmp_path))
     client = redis_server.client()
-    processes = Processes(redis_server.url, tmp_path, count=1)  # RATE_LIMIT 10: flood control runs too
-    [a] = processes.start()
-    try:
-        assert post(a.url, "/messages", {"user": "Azin", "text": "before"})[0] == 201
-        ws = open_socket(f"ws://127.0.0.1:{a.port}/ws")
-        assert texts([receive_json(ws)]) == ["before"]
+    [a] = flask_runs(start, redis_server.url, tmp_path, count=1)  # RATE_LIMIT 10: flood control runs too
+    assert a.request("POST", "/messages", {"user": "Azin", "text": "before"}).status == 201
+    ws = open_socket(f"ws://127.0.0.1:{a.port}/ws")
+    assert texts([receive_json(ws)]) == ["before"]
 
-        refuse(client)
-        statuses = []
-        for n in range(3):  # every time, not only the first
-            status, answer = post(a.url, "/messages", {"user": "Azin", "text": "refused"})
-            assert status == 503 and reason in answer["error"]
-            ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
-                                "ref": f"m-{n}"}))
-            error = receive_command(ws, "error", skipped=statuses)
-            assert error["ref"] == f"m-{n}" and reason in error["error"]
-        # The socket hears that the chat can't be changed, once, with Redis's reason.
-        if not statuses:
-            statuses.append(receive_command(ws, "status"))
-        assert statuses[0]["available"] is False and reason in statuses[0]["error"] and len(statuses) == 1
-        status, answer = answer_of(a.url + "/messages")
-        if refusal == "out of memory":  # reads need no memory
-            assert status == 200 and texts([answer]) == ["before"]
-        else:
-            assert status in (200, 503)
+    refuse(client)
+    statuses = []
+    for n in range(3):  # every time, not only the first
+        answer = a.request("POST", "/messages", {"user": "Azin", "text": "refused"})
+        assert answer.status == 503 and reason in answer.json["error"]
+        ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "refused"},
+                            "ref": f"m-{n}"}))
+        error = receive_command(ws, "error", skipped=statuses)
+        assert error["ref"] == f"m-{n}" and reason in error["error"]
+    # The socket hears that the chat can't be changed, once, with Redis's reason.
+    if not statuses:
+        statuses.append(receive_command(ws, "status"))
+    assert statuses[0]["available"] is False and reason in statuses[0]["error"] and len(statuses) == 1
+    answer = a.request("GET", "/messages")
+    if refusal == "out of memory":  # reads need no memory
+        assert answer.status == 200 and texts([answer.json]) == ["before"]
+    else:
+        assert answer.status in (200, 503)
 
-        undo(client)
-        wait_until(lambda: post(a.url, "/messages", {"user": "Azin", "text": "after"})[0] == 201)
-        # The socket stayed open through it all, and still carries out what it sends.
-        ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
-        frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
-        assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
-        assert {"command": "status", "available": True} in frames  # and now that it works again
-        assert texts([get(a.url, "/messages")]) == ["before", "after", "by socket"]
-        processes.stop()
-        assert "Traceback" not in (tmp_path / "flask-0.log").read_text()
-    finally:
-        processes.stop()
-        redis_server.stop()
+    undo(client)
+    wait_until(lambda: a.request("POST", "/messages", {"user": "Azin", "text": "after"}).status == 201)
+    # The socket stayed open through it all, and still carries out what it sends.
+    ws.send(json.dumps({"command": "send-message", "message": {"user": "Azin", "text": "by socket"}}))
+    frames = receive_until(ws, lambda frames: "by socket" in texts(frames))
+    assert texts(frames) == ["after", "by socket"] or texts(frames) == ["after", "after", "by socket"]
+    assert {"command": "status", "available": True} in frames  # and now that it works again
+    assert texts([a.get("/messages")]) == ["before", "after", "by socket"]
+    a.stop()
+    assert "Traceback" not in a.output()
 
 
-def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(tmp_path):
-    redis_server = start_redis_server(tmp_path)
+def test_the_app_starts_before_redis_and_serves_as_soon_as_redis_is_up(start, tmp_path):
+    redis_server = start(RedisServer(tmp_path))
     redis_server.stop()  # not there yet: the app starts first
-    processes = Processes(redis_server.url, tmp_path, count=1)
-    [server] = processes.start()
-    try:
-        with urllib.request.urlopen(server.url + "/websocket", timeout=5) as page:
-            assert page.status == 200
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            get(server.url, "/messages")
-        assert refused.value.code == 503
+    [server] = flask_runs(start, redis_server.url, tmp_path, count=1)
+    assert server.request("GET", "/websocket").status == 200
+    assert server.request("GET", "/messages").status == 503
 
-        redis_server.start()
+    redis_server.start()
 
-        wait_until(lambda: get_or_none(server.url + "/messages"), timeout=15)
-        assert post(server.url, "/messages", {"user": "Azin", "text": "at last"})[0] == 201
-        with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
-            assert texts([receive_json(ws)]) == ["at last"]
-    finally:
-        processes.stop()
-        redis_server.stop()
+    wait_until(lambda: server.request("GET", "/messages").status == 200, timeout=15)
+    assert server.request("POST", "/messages", {"user": "Azin", "text": "at last"}).status == 201
+    with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        assert texts([receive_json(ws)]) == ["at last"]
 
 
 # The store alone
@@ -771,8 +682,9 @@ def test_a_live_process_keeps_its_places_past_its_lease_and_writes_them_again_af
     assert other.take("10.0.0.1") == "address"
 
 
-def test_when_redis_cant_count_each_process_still_limits_every_address_on_its_own(tmp_path, redis_store_on):
-    redis_server = start_redis_server(tmp_path)
+def test_when_redis_cant_count_each_process_still_limits_every_address_on_its_own(
+        start, tmp_path, redis_store_on):
+    redis_server = start(RedisServer(tmp_path))
     store = redis_store_on(redis_server.url)
     places = RedisPlaces(store, "websockets", 100, 2)
     changes = RedisBucketPerAddress(store, 10)

@@ -1,33 +1,16 @@
 """Slow, hostile and numerous clients, against a real server."""
 
 import json
-import shutil
-import socket
-import ssl
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (PROJECT, FlaskRun, LiveServer, free_port, raw_websocket, receive_json,
-                      receive_until, server_threads, wait_until)
-
-
-def read_first_frame(raw):
-    """Read the first `messages` frame from a raw socket (a server frame is not masked)."""
-    header = raw.recv(2, socket.MSG_WAITALL)
-    length = header[1] & 0x7F
-    if length == 126:
-        length = int.from_bytes(raw.recv(2, socket.MSG_WAITALL), "big")
-    elif length == 127:
-        length = int.from_bytes(raw.recv(8, socket.MSG_WAITALL), "big")
-    return json.loads(raw.recv(length, socket.MSG_WAITALL))
+from helpers import (FlaskRun, FlaskRunTLS, LiveServer, raw_websocket, read_first_frame, receive_json,
+                     receive_until, rss_kb, server_threads, wait_until)
 
 
 class Reader:
@@ -189,75 +172,35 @@ def test_peers_that_never_answer_pings_are_closed_and_leave_nothing_behind(serve
     assert [m["text"] for m in receive_json(warm_up)["messages"]] == ["still here"]
 
 
-def rss_kb(pid):
-    """The resident memory of process `pid`, in kB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the memory use from /proc")
-def test_memory_stays_flat_once_max_messages_is_reached():
-    running = FlaskRun(free_port(), env={"FLASK_MAX_MESSAGES": "1000", "FLASK_RATE_LIMIT": "0"})
-    running.start()
-    try:
-        with connect(f"ws://127.0.0.1:{running.port}/ws", max_queue=None, max_size=None) as ws:
-            receive_json(ws)
+def test_memory_stays_flat_once_max_messages_is_reached(start):
+    running = start(FlaskRun(env={"FLASK_MAX_MESSAGES": "1000", "FLASK_RATE_LIMIT": "0"}))
+    ws = running.connect(max_queue=None)
+    receive_json(ws)
 
-            def chat(count, offset):
-                for n in range(count):
-                    ws.send(json.dumps({"command": "send-message", "message": {
-                        "user": "Azin", "text": f"{offset + n} " + "z" * 900}}))
-                receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == offset + count,
-                              timeout=60)
+    def chat(count, offset):
+        for n in range(count):
+            ws.send(json.dumps({"command": "send-message", "message": {
+                "user": "Azin", "text": f"{offset + n} " + "z" * 900}}))
+        receive_until(ws, lambda frames: frames and frames[-1]["cursor"] == offset + count, timeout=60)
 
-            chat(3000, 0)  # past the cap, and warmed up
-            before = rss_kb(running.process.pid)
-            chat(20000, 3000)  # about 20 MB of text, all of it beyond the cap
-            after = rss_kb(running.process.pid)
-        assert after - before < 5000, f"RSS grew from {before} kB to {after} kB"
-    finally:
-        running.stop()
+    chat(3000, 0)  # past the cap, and warmed up
+    before = rss_kb(running.process.pid)
+    chat(20000, 3000)  # about 20 MB of text, all of it beyond the cap
+    after = rss_kb(running.process.pid)
+    assert after - before < 5000, f"RSS grew from {before} kB to {after} kB"
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
-def test_websockets_work_over_tls_when_flask_run_serves_https(tmp_path):
-    # A certificate of our own for 127.0.0.1, trusted by the client only.
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    trust = ssl.create_default_context(cafile=tmp_path / "cert.pem")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "flask", "run", "--port", str(port),
-         "--cert", tmp_path / "cert.pem", "--key", tmp_path / "key.pem"],
-        cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: answers(f"https://127.0.0.1:{port}/", trust), timeout=60)
-        with connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as ws, \
-                connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as other:
-            receive_json(ws), receive_json(other)
-            ws.send(json.dumps({"command": "send-message",
-                                "message": {"user": "Azin", "text": "over TLS " + "x" * 900}}))
-            for client in (ws, other):
-                assert receive_json(client)["messages"][0]["text"].startswith("over TLS")
-            ws.close()
-            assert ws.close_code == 1000
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def answers(url, context):
-    """True if `url` answers at all."""
-    try:
-        urllib.request.urlopen(url, timeout=1, context=context).close()
-        return True
-    except OSError:
-        return False
+def test_websockets_work_over_tls_when_flask_run_serves_https(start, tmp_path):
+    server = start(FlaskRunTLS(tmp_path))  # its clients check its certificate
+    ws, other = server.connect(), server.connect()
+    receive_json(ws), receive_json(other)
+    ws.send(json.dumps({"command": "send-message",
+                        "message": {"user": "Azin", "text": "over TLS " + "x" * 900}}))
+    for client in (ws, other):
+        assert receive_json(client)["messages"][0]["text"].startswith("over TLS")
+    ws.close()
+    assert ws.close_code == 1000
 
 
 def client_frame(opcode, payload=b""):

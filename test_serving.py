@@ -7,16 +7,11 @@ gunicorn.conf.py (the `gunicorn` fixture), where sockets wait in greenlets.
 
 import json
 import os
-import select
-import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -25,41 +20,22 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from app import create_app
-from conftest import (ON_CI, PROJECT, FlaskRun, Gunicorn, check_clients_joining_while_others_post, close_app,
-                      free_port, raw_websocket, receive_json, receive_until, texts, wait_until)
-from test_hostile import (close_code_received, flood_with_likes, frames_left, history, masked_text_frame,
-                          read_server_frame, send_frame)
+from helpers import (PROJECT, PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, check_clients_joining_while_others_post,
+                     close_app, close_code_received, flask_env, flood_after_headers, flood_with_likes, frames_left,
+                     free_port, handshake, history, masked_text_frame, raw_websocket, read_server_frame, receive_json,
+                     receive_until, redis_settings, send_frame, texts, trickle, wait_until)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process details from /proc")
 
-# An upper bound for "it never happened", never a measure of speed.
-PROMPTLY = 10
-
-
-def status_of(url, headers=None, timeout=PROMPTLY):
-    """GET `url` and return its HTTP status."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                    timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
-def handshake_status(port, path="/ws"):
-    """Open a WebSocket by hand; return (the socket, the status line of the answer)."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
-    raw.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = raw.recv(1)  # no further: the first frame follows
-        if not chunk:
-            break
-        answer += chunk
-    return raw, answer.split(b"\r\n", 1)[0].decode()
+# Shorter timers than the real ones, so that no test waits them out: a connection that completes
+# no request is closed after REQUEST_SECONDS (default 10). Long enough for the other clients of
+# a test to be served while it lasts.
+QUICK = {"FLASK_REQUEST_SECONDS": "3"}
+# Under gunicorn a request's line and headers have its keep-alive time (gunicorn.conf.py: 5 s) instead.
+QUICK_KEEP_ALIVE = ["--keep-alive", "3"]
+# At the open-file limit, the idle connections must outlast the measurement of the CPU used there.
+AT_THE_LIMIT = {"FLASK_REQUEST_SECONDS": "6"}
+AT_THE_LIMIT_KEEP_ALIVE = ["--keep-alive", "6"]
 
 
 # The WebSocket protocol under gunicorn
@@ -137,31 +113,29 @@ def test_under_gunicorn_frames_before_a_close_are_carried_out_and_nothing_follow
 # Capacity: refused before the upgrade, never left waiting
 
 
-def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_api_answer(tmp_path):
+def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_api_answer(start, tmp_path):
     # 20 connections at once: 4 kept for pages, then 10 for WebSockets and 5 for long polls.
-    server = Gunicorn(options=["--worker-connections", "20"], log=tmp_path / "gunicorn.log").start()
+    server = start(Gunicorn(options=["--worker-connections", "20"], log=tmp_path / "gunicorn.log"))
     held = []
     try:
         for _ in range(10):
-            raw, status = handshake_status(server.port)
+            raw, status = handshake(server.port)
             assert status.startswith("HTTP/1.1 101"), status
             held.append(raw)
         for _ in range(3):
-            raw, status = handshake_status(server.port)
+            raw, status = handshake(server.port)
             raw.close()
             assert status.startswith("HTTP/1.1 503"), status
         for path in ("/", "/websocket", "/static/chat.js", "/messages"):
-            assert status_of(server.url + path) == 200, path
+            assert server.request("GET", path).status == 200, path
         assert server.post("/messages", {"user": "Azin", "text": "still here"})["id"] == 1
         for raw in held:  # every socket still gets what happens
-            raw.settimeout(PROMPTLY)
             assert read_server_frame(raw)[0] == 0x1
             assert b"still here" in read_server_frame(raw)[1]
     finally:
         for raw in held:
             raw.close()
-        server.stop()
-    assert "Room for 10 WebSockets and 5 waiting long polls" in (tmp_path / "gunicorn.log").read_text()
+    assert "Room for 10 WebSockets and 5 waiting long polls" in server.output()
 
 
 # Stopping: every socket hears 1001, and the server is gone in seconds
@@ -169,7 +143,7 @@ def test_under_gunicorn_websockets_beyond_capacity_get_503_while_pages_and_the_a
 
 def flask_run(tmp_path, **env):
     """A FlaskRun, not yet started, logging to the test's folder."""
-    return FlaskRun(free_port(), env=env, log=tmp_path / "flask.log")
+    return FlaskRun(env=env, log=tmp_path / "flask.log")
 
 
 class FlaskDebugRun(FlaskRun):
@@ -183,19 +157,21 @@ class FlaskDebugRun(FlaskRun):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 @pytest.mark.parametrize("kind", ["flask run", "flask --debug run", "gunicorn"])
-def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(kind, signum, tmp_path,
-                                                                                    request):
+def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promptly(
+        kind, signum, start, tmp_path, request):
+    # The server starts with Ctrl+C's default disposition, as from a terminal, however this
+    # suite was started (conftest.py's pytest_configure: a background job ignores SIGINT).
     if kind == "gunicorn":
         # Two workers share one chat through Redis (without it, gunicorn.conf.py refuses to start).
         redis_url = request.getfixturevalue("redis_server").url
-        server = Gunicorn({"FLASK_REDIS_URL": redis_url}, options=["-w", "2"], log=tmp_path / "server.log").start()
+        server = start(Gunicorn(flask_env(redis_settings(redis_url)), options=["-w", "2"],
+                                log=tmp_path / "server.log"))
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
-        wait_until(lambda: (tmp_path / "server.log").read_text().count("Room for") == 2)
+        wait_until(lambda: server.output().count("Room for") == 2)
     elif kind == "flask --debug run":
-        server = FlaskDebugRun(free_port(), log=tmp_path / "server.log").start()
+        server = start(FlaskDebugRun(log=tmp_path / "server.log"))
     else:
-        server = flask_run(tmp_path)
-        server.start()
+        server = start(flask_run(tmp_path))
     with ExitStack() as clients:
         sockets = [clients.enter_context(connect(f"ws://127.0.0.1:{server.port}/ws")) for _ in range(4)]
         for ws in sockets:
@@ -211,13 +187,8 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=PROMPTLY)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
-        try:
-            server.process.wait(timeout=PROMPTLY)
-        finally:
-            if server.process.poll() is None:
-                server.process.kill()
-                server.process.wait()
-    log = next(tmp_path.glob("*.log")).read_text()
+        server.process.wait(timeout=PROMPTLY)  # else `start` kills it after the test
+    log = server.output()
     assert "SIGKILL" not in log and "Traceback" not in log, log
 
 
@@ -225,71 +196,25 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
 
 
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_meanwhile(kind, tmp_path):
+def test_a_connection_that_sends_no_request_is_closed_and_others_are_served_meanwhile(kind, start, tmp_path):
     if kind == "gunicorn":
-        server = Gunicorn(log=tmp_path / "server.log").start()
+        server = start(Gunicorn(env=QUICK, options=QUICK_KEEP_ALIVE, log=tmp_path / "server.log"))
     else:
-        server = flask_run(tmp_path)
-        server.start()
-    silent = socket.create_connection(("127.0.0.1", server.port))
-    try:
-        assert status_of(server.url + "/") == 200
-        silent.settimeout(30)  # an upper bound: the server closes it after about 10 s
+        server = start(flask_run(tmp_path, **QUICK))
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:
+        assert server.request("GET", "/").status == 200
+        silent.settimeout(30)  # an upper bound: the server closes it after REQUEST_SECONDS
         assert silent.recv(1) == b""
-    finally:
-        silent.close()
-        server.stop()
 
 
-def self_signed_certificate(folder):
-    """Make a certificate and key for 127.0.0.1 with openssl; return their paths."""
-    if not shutil.which("openssl"):
-        if ON_CI:
-            pytest.fail("openssl is not installed", pytrace=False)
-        pytest.skip("openssl is not installed")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    return cert, key
-
-
-def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waiting(tmp_path):
-    cert, key = self_signed_certificate(tmp_path)
-    port = free_port()
-    log = open(tmp_path / "flask.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "run", "--port", str(port), "--cert", str(cert), "--key", str(key)],
-        cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT)
-    untrusting = ssl.create_default_context()
-    untrusting.check_hostname, untrusting.verify_mode = False, ssl.CERT_NONE
-    silent = None
-    try:
-        url = f"https://127.0.0.1:{port}"
-        wait_until(lambda: answers(url, untrusting), timeout=20)
-        silent = socket.create_connection(("127.0.0.1", port))  # and never a ClientHello
+def test_under_flask_run_cert_a_client_that_never_starts_tls_keeps_no_one_waiting(start, tmp_path):
+    server = start(FlaskRunTLS(tmp_path, env=QUICK))
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:  # and never a ClientHello
         for _ in range(3):
-            with urllib.request.urlopen(url + "/messages", context=untrusting, timeout=PROMPTLY) as response:
-                assert response.status == 200
-        with connect(f"wss://127.0.0.1:{port}/ws", ssl=untrusting, open_timeout=PROMPTLY) as ws:
-            assert receive_json(ws)["command"] == "messages"
-        silent.settimeout(30)
+            assert server.request("GET", "/messages").status == 200
+        assert receive_json(server.connect(open_timeout=PROMPTLY))["command"] == "messages"
+        silent.settimeout(30)  # an upper bound: the server closes it after REQUEST_SECONDS
         assert silent.recv(1) == b""  # closed by the server
-    finally:
-        if silent:
-            silent.close()
-        process.terminate()
-        process.wait(timeout=PROMPTLY)
-        log.close()
-
-
-def answers(url, context):
-    """True if GET `url`/ gets an answer over TLS."""
-    try:
-        urllib.request.urlopen(url + "/", context=context, timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def cpu_seconds(pid):
@@ -300,29 +225,30 @@ def cpu_seconds(pid):
 
 
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, tmp_path):
+def test_at_its_open_file_limit_the_server_pauses_instead_of_spinning_and_recovers(kind, start, tmp_path):
     if kind == "gunicorn":
-        server = Gunicorn(log=tmp_path / "server.log", open_files=64).start()
+        server = start(Gunicorn(env=AT_THE_LIMIT, options=AT_THE_LIMIT_KEEP_ALIVE, log=tmp_path / "server.log",
+                                open_files=64))
     else:
-        server = FlaskRun(free_port(), log=tmp_path / "server.log", open_files=64)
-        server.start()
+        server = start(FlaskRun(env=AT_THE_LIMIT, log=tmp_path / "server.log", open_files=64))
     processes = [server.process.pid] + [int(pid) for pid in subprocess.run(
         ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()]
     idle = []
     try:
         for _ in range(80):  # more than the server has files for; the rest wait in its queue
             idle.append(socket.create_connection(("127.0.0.1", server.port)))
-        time.sleep(1)  # let it take what it can
+        time.sleep(0.5)  # let it take what it can
         used_before = sum(map(cpu_seconds, processes))
-        time.sleep(3)
+        time.sleep(2)
         used = sum(map(cpu_seconds, processes)) - used_before
-        assert used < 1.5, f"{used:.1f} s of CPU in 3 s at the open-file limit: spinning"
-        # The idle connections are closed after about 10 s, and a new client is served.
-        assert status_of(server.url + "/", timeout=60) == 200
+        assert used < 1, f"{used:.1f} s of CPU in 2 s at the open-file limit: spinning"
+        with pytest.raises(BlockingIOError):  # still held open: it was measured at the limit
+            idle[0].recv(1, socket.MSG_DONTWAIT)
+        # The idle connections are closed after REQUEST_SECONDS, and a new client is served.
+        assert server.request("GET", "/", timeout=60).status == 200
     finally:
         for raw in idle:
             raw.close()
-        server.stop()
 
 
 # Behind a proxy: TRUSTED_PROXIES
@@ -367,31 +293,22 @@ def test_without_trusted_proxies_a_forwarded_host_changes_nothing(client):
 
 
 @pytest.mark.parametrize("proxies, opens", [(1, True), (0, False)])
-def test_a_websocket_through_a_trusted_proxy_opens_with_the_pages_origin(tmp_path, proxies, opens):
-    server = flask_run(tmp_path, FLASK_TRUSTED_PROXIES=str(proxies))
-    server.start()
+def test_a_websocket_through_a_trusted_proxy_opens_with_the_pages_origin(start, tmp_path, proxies, opens):
+    server = start(flask_run(tmp_path, FLASK_TRUSTED_PROXIES=str(proxies)))
     headers = {"Origin": "https://chat.example", "X-Forwarded-Host": "chat.example",
                "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.1"}
-    try:
-        if opens:
-            with connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers) as ws:
-                assert receive_json(ws)["command"] == "messages"
-        else:
-            with pytest.raises(InvalidStatus) as refused:
-                connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers=headers)
-            assert refused.value.response.status_code == 403
-    finally:
-        server.stop()
+    if opens:
+        assert receive_json(server.connect(additional_headers=headers))["command"] == "messages"
+    else:
+        with pytest.raises(InvalidStatus) as refused:
+            server.connect(additional_headers=headers)
+        assert refused.value.response.status_code == 403
 
 
-def test_a_host_not_in_flask_trusted_hosts_gets_400(tmp_path):
-    server = flask_run(tmp_path, FLASK_TRUSTED_HOSTS='["chat.example", "127.0.0.1"]')
-    server.start()
-    try:
-        assert status_of(server.url + "/messages") == 200
-        assert status_of(server.url + "/messages", headers={"Host": "rebound.example"}) == 400
-    finally:
-        server.stop()
+def test_a_host_not_in_flask_trusted_hosts_gets_400(start, tmp_path):
+    server = start(flask_run(tmp_path, FLASK_TRUSTED_HOSTS='["chat.example", "127.0.0.1"]'))
+    assert server.request("GET", "/messages").status == 200
+    assert server.request("GET", "/messages", headers={"Host": "rebound.example"}).status == 400
 
 
 @pytest.mark.config(RATE_LIMIT=0)  # one sender, as fast as it goes
@@ -416,127 +333,56 @@ def test_under_gunicorn_a_client_that_never_reads_delays_no_one(gunicorn):
 # Requests that trickle, and bodies that are refused
 
 
-def start_server(kind, tmp_path, env=None, options=()):
-    """Start the server `kind` ("flask run" or "gunicorn") on a free port, logging to the test's folder."""
+def start_server(start, kind, tmp_path, env=None, options=()):
+    """Start the server `kind` ("flask run" or "gunicorn") with `start`, logging to the test's folder."""
     if kind == "gunicorn":
-        return Gunicorn(env, options=options, log=tmp_path / "server.log").start()
-    return FlaskRun(free_port(), env=env, log=tmp_path / "server.log").start()
+        return start(Gunicorn(env, options=options, log=tmp_path / "server.log"))
+    return start(FlaskRun(env=env, log=tmp_path / "server.log"))
 
 
 # A request gets one second; gunicorn gives its line and headers its keep-alive time.
-QUICK = {"FLASK_REQUEST_SECONDS": "1"}
+ONE_SECOND = {"FLASK_REQUEST_SECONDS": "1"}
 QUICK_GUNICORN = ["--keep-alive", "1"]
 
 
-def trickle(port, first, then, pace=0.05, limit=60):
-    """Send `first`, then `then` a byte every `pace` seconds until the server closes; return all it answered.
-
-    Fail if the server still reads after `limit` seconds, or after `then` ran out.
-    """
-    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
-    answer = b""
-    try:
-        raw.sendall(first)
-        deadline = time.monotonic() + limit
-        for byte in then:
-            assert time.monotonic() < deadline, f"still reading after {limit} s"
-            if select.select([raw], [], [], pace)[0]:
-                break  # an answer, or the end of the connection
-            try:
-                raw.send(bytes([byte]))
-            except OSError:  # closed: its answer, if any, is still to be read
-                break
-        else:
-            raise AssertionError("the server read the whole trickle")
-        while True:
-            try:
-                chunk = raw.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            answer += chunk
-    finally:
-        raw.close()
-    return answer
+@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
+def test_headers_trickled_a_byte_at_a_time_are_cut_off_while_others_are_served(kind, start, tmp_path):
+    server = start_server(start, kind, tmp_path, ONE_SECOND, QUICK_GUNICORN if kind == "gunicorn" else ())
+    endless_header = b"X-Slow: " + b"a" * 60000  # 50 minutes at this pace
+    with ThreadPoolExecutor() as pool:
+        trickling = pool.submit(trickle, server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                                endless_header)
+        assert server.request("GET", "/").status == 200
+        assert trickling.result() == b""  # closed, with no answer to an unfinished request
 
 
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_headers_trickled_a_byte_at_a_time_are_cut_off_while_others_are_served(kind, tmp_path):
-    server = start_server(kind, tmp_path, QUICK, QUICK_GUNICORN if kind == "gunicorn" else ())
-    try:
-        endless_header = b"X-Slow: " + b"a" * 60000  # 50 minutes at this pace
-        with ThreadPoolExecutor() as pool:
-            trickling = pool.submit(trickle, server.port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                                    endless_header)
-            assert status_of(server.url + "/") == 200
-            assert trickling.result() == b""  # closed, with no answer to an unfinished request
-    finally:
-        server.stop()
-
-
-@pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_a_body_trickled_a_byte_at_a_time_gets_408_and_closes_and_nothing_is_stored(kind, tmp_path):
-    server = start_server(kind, tmp_path, QUICK)
-    try:
-        body = json.dumps({"user": "slow", "text": "a" * 60000}).encode()
-        headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode()
-        answer = trickle(server.port, headers, body)
-        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert history(server) == (0, [])
-    finally:
-        server.stop()
-
-
-def flood_after_headers(port, headers, limit=2**30, until=None, piece=b"x" * 2**20):
-    """Send `headers`, then `piece` again and again as fast as the connection takes it; return (the answer, bytes sent).
-
-    Fail if the server is still taking the body after `limit` bytes, unless the
-    event `until` was set first.
-    """
-    raw = socket.create_connection(("127.0.0.1", port), timeout=PROMPTLY)
-    answer, sent = b"", 0
-    try:
-        raw.sendall(headers)
-        while sent < limit or (until and until.is_set()):
-            if until and until.is_set():
-                break
-            if not answer and select.select([raw], [], [], 0)[0]:
-                answer = raw.recv(65536)
-            try:
-                sent += raw.send(piece)
-            except OSError:  # closed by the server
-                break
-        else:
-            raise AssertionError(f"the server took {limit} bytes of a refused body")
-        if not answer:
-            answer = raw.recv(65536)
-    except ConnectionResetError:
-        pass
-    finally:
-        raw.close()
-    return answer, sent
+def test_a_body_trickled_a_byte_at_a_time_gets_408_and_closes_and_nothing_is_stored(kind, start, tmp_path):
+    server = start_server(start, kind, tmp_path, ONE_SECOND)
+    body = json.dumps({"user": "slow", "text": "a" * 60000}).encode()
+    headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode()
+    answer = trickle(server.port, headers, body)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert history(server) == (0, [])
 
 
 @pytest.mark.parametrize("refusal, content_type", [(413, "application/json"), (415, "text/plain")])
 @pytest.mark.parametrize("kind", ["flask run", "gunicorn"])
-def test_a_refused_endless_body_is_not_read_on_and_others_are_served(kind, refusal, content_type, tmp_path):
-    server = start_server(kind, tmp_path)
-    try:
-        headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-                   f"Content-Length: {100 * 10**9}\r\n\r\n").encode()
-        with ThreadPoolExecutor() as pool:
-            flooding = [pool.submit(flood_after_headers, server.port, headers) for _ in range(2)]
-            assert status_of(server.url + "/") == 200
-            for flood in flooding:
-                answer, _ = flood.result()  # the server closed the connection, long before 1 GB
-                assert answer.startswith(f"HTTP/1.1 {refusal}".encode()), answer[:200]
-                if kind == "flask run":  # gunicorn writes its own Connection header, whatever the app says
-                    assert b"connection: close" in answer.lower()
-        assert status_of(server.url + "/") == 200
-    finally:
-        server.stop()
+def test_a_refused_endless_body_is_not_read_on_and_others_are_served(
+        kind, refusal, content_type, start, tmp_path):
+    server = start_server(start, kind, tmp_path)
+    headers = (f"POST /messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {100 * 10**9}\r\n\r\n").encode()
+    with ThreadPoolExecutor() as pool:
+        flooding = [pool.submit(flood_after_headers, server.port, headers) for _ in range(2)]
+        assert server.request("GET", "/").status == 200
+        for flood in flooding:
+            answer, _ = flood.result()  # the server closed the connection, long before 1 GB
+            assert answer.startswith(f"HTTP/1.1 {refusal}".encode()), answer[:200]
+            if kind == "flask run":  # gunicorn writes its own Connection header, whatever the app says
+                assert b"connection: close" in answer.lower()
+    assert server.request("GET", "/").status == 200
 
 
 # Mistakes refused or named
@@ -552,10 +398,10 @@ def test_several_gunicorn_workers_without_redis_refuse_to_start_saying_what_to_s
     assert "FLASK_REDIS_URL=redis://" in refused.stderr
 
 
-def test_the_start_up_log_names_the_in_memory_store(tmp_path):
-    server = start_server("flask run", tmp_path)
+def test_the_start_up_log_names_the_in_memory_store(start, tmp_path):
+    server = start_server(start, "flask run", tmp_path)
     server.stop()
-    assert "The chat is kept in this process's memory" in (tmp_path / "server.log").read_text()
+    assert "The chat is kept in this process's memory" in server.output()
 
 
 def test_the_start_up_log_names_the_redis_store_without_its_password(caplog):

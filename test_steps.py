@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,8 +33,8 @@ from websockets.exceptions import InvalidStatus
 from werkzeug.exceptions import HTTPException
 from websockets.sync.client import connect
 
-from conftest import (ON_CI, PROJECT, LiveServer, free_port, import_fresh,
-                      raw_websocket, receive_json, receive_until, wait_until)
+from helpers import (ON_CI, PROJECT, FlaskRun, LiveServer, import_fresh, raw_websocket, receive_json, receive_until,
+                     request, texts, wait_until)
 
 STEPS = PROJECT / "steps"
 ALL_STEPS = ["1-hello", "2-polling", "3-websocket", "4-likes"]
@@ -64,16 +63,11 @@ def chat(step):
 
 
 def call(url, method="GET", body=None, data=None, content_type="application/json", timeout=35):
-    """Send an HTTP request; return (status, decoded JSON answer), for error statuses too."""
+    """Send an HTTP request, a JSON `body` or bytes of `data`; return (status, decoded JSON answer)."""
     if body is not None:
         data = json.dumps(body).encode()
-    headers = {"Content-Type": content_type} if data is not None else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers, method=method),
-                                    timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+    answer = request(method, url, data, {"Content-Type": content_type} if data is not None else {}, timeout=timeout)
+    return answer.status, answer.json
 
 
 def post(base_url, text, user="Azin"):
@@ -95,11 +89,6 @@ def answer_of(messages, cursor, epoch, reset=False):
 def epoch_of(chat):
     """The epoch of the running step: a fresh one for each server."""
     return call(chat.url + "/messages?since=0")[1]["epoch"]
-
-
-def texts(answers):
-    """The texts of the messages in a list of answers or `messages` frames, in order."""
-    return [message["text"] for answer in answers for message in answer["messages"]]
 
 
 def chat_with(base_url, step):
@@ -157,47 +146,25 @@ def test_each_step_imports_nothing_but_flask_flask_sock_and_the_standard_library
     assert top_level - set(sys.stdlib_module_names) <= ALLOWED_IMPORTS
 
 
-class StepRun:
-    """`python -m flask --app <app> run` in a subprocess, as a learner starts a step; stopped by `stop()`."""
+class StepRun(FlaskRun):
+    """`python -m flask --app <app> run` in a subprocess, as a learner starts a step, in a clean environment."""
 
-    def __init__(self, app, cwd, python_options=(), env=None, port=None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, app, cwd, log, python_options=(), env=None, port=None):
+        super().__init__(port=port, log=log)
+        self.app, self.cwd, self.python_options = app, cwd, python_options
         clean = {key: value for key, value in os.environ.items() if not key.startswith(("FLASK_", "PYTHON"))}
-        self.process = subprocess.Popen(
-            [sys.executable, *python_options, "-m", "flask", "--app", app, "run", "--port", str(self.port)],
-            cwd=cwd, env={**clean, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
-        while True:
-            assert self.process.poll() is None, f"flask run exited:\n{self.output()}"
-            assert time.monotonic() < deadline, "flask run did not start within 60 s"
-            try:
-                urllib.request.urlopen(self.url + "/", timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
+        self.env = {**clean, **(env or {})}
 
-    def output(self):
-        """What the server printed, once it has stopped."""
-        self.stop()
-        return self.process.stdout.read().decode(errors="replace")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+    def command(self):
+        return [sys.executable, *self.python_options, "-m", "flask", "--app", self.app, "run", "--port", str(self.port)]
 
 
 @pytest.mark.parametrize("step", ALL_STEPS)
-def test_each_step_runs_from_the_project_folder_as_the_readme_says(step):
-    running = StepRun(f"steps/{step}/app", cwd=PROJECT)
-    try:
-        # The project folder has an app.py of its own: this must be the step's.
-        with urllib.request.urlopen(running.url + "/", timeout=10) as page:
-            assert ("hello.js" if step == "1-hello" else "polling.js") in page.read().decode()
-        chat_with(running.url, step)
-    finally:
-        running.stop()
+def test_each_step_runs_from_the_project_folder_as_the_readme_says(step, start, tmp_path):
+    running = start(StepRun(f"steps/{step}/app", cwd=PROJECT, log=tmp_path / "flask.log"))
+    # The project folder has an app.py of its own: this must be the step's.
+    assert ("hello.js" if step == "1-hello" else "polling.js") in running.request("GET", "/").body.decode()
+    chat_with(running.url, step)
 
 
 def distributions_needed(*names):
@@ -229,10 +196,11 @@ def only_flask_and_flask_sock(tmp_path_factory):
 
 def test_the_folder_of_flask_and_flask_sock_holds_nothing_else(only_flask_and_flask_sock):
     """The next test means something only if the step can't reach the project's other packages."""
+    script = ("import importlib.util as u; import flask, flask_sock; "
+              "print([m for m in ('redis', 'websockets', 'gunicorn', 'store') if u.find_spec(m)])")
     found = subprocess.run(
-        [sys.executable, "-S", "-c", "import importlib.util as u; import flask, flask_sock; "
-                                     "print([m for m in ('redis', 'websockets', 'gunicorn', 'store') if u.find_spec(m)])"],
-        cwd=only_flask_and_flask_sock.parent, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(only_flask_and_flask_sock)},
+        [sys.executable, "-S", "-c", script], cwd=only_flask_and_flask_sock.parent,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(only_flask_and_flask_sock)},
         capture_output=True, text=True, timeout=30)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
@@ -240,30 +208,24 @@ def test_the_folder_of_flask_and_flask_sock_holds_nothing_else(only_flask_and_fl
 
 @pytest.mark.parametrize("step", ALL_STEPS)
 def test_each_step_copied_alone_runs_and_chats_with_only_flask_and_flask_sock(
-        step, tmp_path, only_flask_and_flask_sock):
+        step, start, tmp_path, only_flask_and_flask_sock):
     copy = shutil.copytree(STEPS / step, tmp_path / step, ignore=shutil.ignore_patterns("__pycache__"))
     # -S: not even the virtualenv's site-packages; PYTHONPATH: the folder of Flask and flask-sock alone.
-    running = StepRun("app", cwd=copy, python_options=["-S"],
-                      env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        chat_with(running.url, step)
-    finally:
-        running.stop()
+    running = start(StepRun("app", cwd=copy, log=tmp_path / "flask.log", python_options=["-S"],
+                            env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"}))
+    chat_with(running.url, step)
 
 
-def test_the_readmes_whole_app_snippet_runs_when_pasted_into_an_empty_folder(tmp_path, only_flask_and_flask_sock):
+def test_the_readmes_whole_app_snippet_runs_when_pasted_into_an_empty_folder(
+        start, tmp_path, only_flask_and_flask_sock):
     """The README's first Python snippet calls itself a whole app: pasted into app.py, it must say Hello."""
     readme = (PROJECT / "README.md").read_text()
     snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "app.py").write_text(snippet)
-    running = StepRun("app", cwd=tmp_path, python_options=["-S"],
-                      env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        with urllib.request.urlopen(running.url + "/", timeout=10) as page:
-            assert "/hello/ws" in page.read().decode()
-        chat_with(running.url, "1-hello")
-    finally:
-        running.stop()
+    running = start(StepRun("app", cwd=tmp_path, log=tmp_path / "flask.log", python_options=["-S"],
+                            env={"PYTHONPATH": str(only_flask_and_flask_sock), "PYTHONDONTWRITEBYTECODE": "1"}))
+    assert "/hello/ws" in running.request("GET", "/").body.decode()
+    chat_with(running.url, "1-hello")
 
 
 # The tutorial, steps/README.md: its excerpts are the steps' code
@@ -818,32 +780,26 @@ def test_a_step_page_ignores_a_frame_whose_command_it_does_not_know(chat, open_p
 
 
 @pytest.mark.parametrize("step", CHAT_STEPS)
-def test_after_a_restart_each_open_page_shows_exactly_the_new_servers_messages(open_page, step):
+def test_after_a_restart_each_open_page_shows_exactly_the_new_servers_messages(start, tmp_path, open_page, step):
     """What `flask --debug run` does at every save: a new process, an empty chat, ids from 1 again."""
-    old = StepRun(f"steps/{step}/app", cwd=PROJECT)
-    port = old.port
+    old = start(StepRun(f"steps/{step}/app", cwd=PROJECT, log=tmp_path / "old.log"))
     paths = ["/", "/websocket"] if step in SOCKET_STEPS else ["/"]
-    try:
-        # While the server is away, the browser logs each failed attempt to reach it.
-        away = ["ERR_CONNECTION_REFUSED", "ERR_EMPTY_RESPONSE", "ERR_CONNECTION_RESET", "WebSocket connection to",
-                "Invalid frame header"]
-        pages = [open_page(old.url + path, expected_errors=away) for path in paths]
-        for text in ("old one", "old two", "old three"):
-            post(old.url, text)
-        for page in pages:
-            expect(page.get_by_role("listitem")).to_have_count(3)
-    finally:
-        old.stop()
-    new = StepRun(f"steps/{step}/app", cwd=PROJECT, port=port)
-    try:
-        post(new.url, "new one")  # id 1 again, and the new cursor (1) is below what the pages hold (3)
-        for page in pages:
-            expect(page.get_by_role("listitem")).to_have_count(1, timeout=20_000)
-            expect(page.get_by_role("listitem")).to_contain_text(["new one"])
-            expect(page.get_by_role("status")).to_have_text("connected")
-        post(new.url, "new two")  # and the pages follow the new server from there
-        for page in pages:
-            expect(page.get_by_role("listitem")).to_have_count(2, timeout=20_000)
-            expect(page.get_by_role("listitem")).to_contain_text(["new one", "new two"])
-    finally:
-        new.stop()
+    # While the server is away, the browser logs each failed attempt to reach it.
+    away = ["ERR_CONNECTION_REFUSED", "ERR_EMPTY_RESPONSE", "ERR_CONNECTION_RESET", "WebSocket connection to",
+            "Invalid frame header"]
+    pages = [open_page(old.url + path, expected_errors=away) for path in paths]
+    for text in ("old one", "old two", "old three"):
+        post(old.url, text)
+    for page in pages:
+        expect(page.get_by_role("listitem")).to_have_count(3)
+    old.stop()
+    new = start(StepRun(f"steps/{step}/app", cwd=PROJECT, log=tmp_path / "new.log", port=old.port))
+    post(new.url, "new one")  # id 1 again, and the new cursor (1) is below what the pages hold (3)
+    for page in pages:
+        expect(page.get_by_role("listitem")).to_have_count(1, timeout=20_000)
+        expect(page.get_by_role("listitem")).to_contain_text(["new one"])
+        expect(page.get_by_role("status")).to_have_text("connected")
+    post(new.url, "new two")  # and the pages follow the new server from there
+    for page in pages:
+        expect(page.get_by_role("listitem")).to_have_count(2, timeout=20_000)
+        expect(page.get_by_role("listitem")).to_contain_text(["new one", "new two"])

@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import BOTH_STORES
-from store import Store
+from helpers import BOTH_STORES
 
 pytestmark = pytest.mark.parametrize("store_kind", BOTH_STORES)
 

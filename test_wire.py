@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ON_CI, wait_until
+from helpers import ON_CI, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -108,8 +108,8 @@ def test_with_wire_1_in_the_address_the_page_opens_with_the_panel_shown(server, 
 
 def test_a_sent_message_shows_as_an_up_send_message_frame_of_the_bytes_the_page_sent(server, open_page):
     sent = []  # what Chromium saw the page send over its WebSocket
-    page = open_page(server.url + "/websocket?wire=1",
-                     watch=lambda page: page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload))))
+    page = open_page(server.url + "/websocket?wire=1", watch=lambda page: page.on(
+        "websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(payload))))
     expect(page.get_by_role("status")).to_have_text("connected")
 
     send(page, "Grüße, 世界! 👋")  # more bytes than characters: the size must count UTF-8 bytes

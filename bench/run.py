@@ -110,7 +110,7 @@ def main():
 
 
 def prepare_for_many_sockets():
-    """Raise this process's limit of open files, for its clients and the servers it starts; end on `kill` as on Ctrl-C."""
+    """Raise this process's limit of open files, for its clients and servers; end on `kill` as on Ctrl-C."""
     # A thousand clients need a thousand sockets here and a thousand in each
     # server, which inherits this limit because it is raised before it starts.
     _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -181,7 +181,7 @@ def print_production_targets(results, scenarios, memory, idle_sockets):
     """Print the production command's p99 and memory next to the baseline's, with the goals of issue 14."""
     p99_title = scenarios[P99_SCENARIO][0]
     p99 = {name: median_result(results[(p99_title, name)])["p99_ms"] for name in ("gunicorn", "baseline")}
-    print(f"\n== The production command (gunicorn) against the baseline ==")
+    print("\n== The production command (gunicorn) against the baseline ==")
     print(f"{'':<50} {'gunicorn':>10} {'baseline':>10} {'ratio':>7}")
     rows = [
         (f"p99 ms, {p99_title}", p99["gunicorn"], p99["baseline"], "<=", PRODUCTION_TARGETS["p99"]),

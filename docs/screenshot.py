@@ -19,7 +19,7 @@ from playwright.sync_api import expect, sync_playwright
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
-from conftest import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
+from helpers import CHROMIUM, CHROMIUM_ARGS, FlaskRun, free_port  # noqa: E402  the tests' helpers
 
 OUTPUT = PROJECT / "docs" / "screenshot.png"
 WIDTH, HEIGHT, GAP = 600, 820, 16
