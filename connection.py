@@ -23,6 +23,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from functools import wraps
 
 import flask_sock
@@ -47,6 +48,7 @@ open_connections_changed = threading.Condition()
 log = logging.getLogger(__name__)
 OPEN, REMOTE_CLOSING, LOCAL_CLOSING = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING,
                                        ConnectionState.LOCAL_CLOSING)
+BEFORE_OUR_CLOSE = (OPEN, REMOTE_CLOSING)  # frames the client sent before its close frame still get answers
 
 
 class Sock(flask_sock.Sock):
@@ -59,8 +61,6 @@ class Sock(flask_sock.Sock):
     def init_app(self, app):
         """Register the routes; simple-websocket does only the handshake (its reader thread never starts)."""
         super().init_app(app)
-        app.config.setdefault("STALL_SECONDS", 5)
-        app.config.setdefault("CLOSE_SECONDS", 2)
         app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
                                              "thread_class": NoReaderThread}
 
@@ -101,6 +101,7 @@ class Connection:
 
     def __init__(self, sock, protocol, config, pace=None):
         self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._protocol = protocol  # wsproto's WSConnection: the one state of the connection
         options = config.get("SOCK_SERVER_OPTIONS", {})
         self.max_message_size = options.get("max_message_size")
@@ -109,7 +110,7 @@ class Connection:
         self.close_seconds = float(config.get("CLOSE_SECONDS", 2))
         self.pace = pace  # returns 0, or how long to read nothing: frames cost from the client's allowance
         # The route's thread reads and writes, the broadcaster writes, close_all closes: one at a time.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._out = bytearray()  # bytes on their way to the client, in order
         self._offered_until = 0  # where in them the offered frame ends (0: none waits)
         self._last_progress = self._last_ping = time.monotonic()
@@ -120,12 +121,10 @@ class Connection:
         self._paced_seconds = 0  # how long its frames have waited for its allowance, without a break
         # The server's request timeout (serving.py) is not for a WebSocket: from now on, nothing waits.
         sock.setblocking(False)
-        try:
+        with suppress(OSError):  # not TCP (a Unix socket behind a proxy)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             # Without TCP_NODELAY, a small frame waits for the last one's acknowledgement (up to 40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a Unix socket behind a proxy)
 
     @property
     def connected(self):
@@ -135,7 +134,7 @@ class Connection:
     def send(self, text):
         """Send one text frame, unless our close frame has gone out; never blocks."""
         with self._lock:
-            if self._protocol.state in (OPEN, REMOTE_CLOSING):
+            if self._protocol.state in BEFORE_OUR_CLOSE:
                 # Not wsproto's send, which refuses once the client's close frame came: what came before it counts.
                 self._write(encode_text_frame(text))
 
@@ -160,7 +159,7 @@ class Connection:
         """Yield each message the client sends (text, or bytes) until the connection ends."""
         while True:
             if self._messages:
-                if self._hung_up or self._protocol.state not in (OPEN, REMOTE_CLOSING):
+                if self._hung_up or self._protocol.state not in BEFORE_OUR_CLOSE:
                     return  # after we closed, or the connection broke, nothing is carried out
                 yield self._messages.popleft()
             elif self._client_close:  # the messages before its close frame are carried out: answer it
@@ -191,20 +190,24 @@ class Connection:
 
     def hang_up(self):
         """End the TCP connection now, without a closing handshake; whatever anyone writes after is lost."""
-        with self._lock:
-            self._hang_up()
+        with self._lock:  # the route, waiting for the client's bytes, wakes to find none, and ends
+            self._hung_up = True
+            self._out.clear()
+            self._offered_until = 0
+            with suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
 
     def _send_event(self, event):
         """Queue what wsproto makes of `event`, if its state allows (no ping after a close frame); never waits."""
         # A close frame may be ours, or our answer to the client's.
-        allowed = (OPEN, REMOTE_CLOSING) if isinstance(event, CloseConnection) else (OPEN,)
+        allowed = BEFORE_OUR_CLOSE if isinstance(event, CloseConnection) else (OPEN,)
         with self._lock:
             if not self._hung_up and self._protocol.state in allowed:
                 self._write(self._protocol.send(event))
 
     def _read_more(self):
         """Wait for the client's next frames, pinging while none come, and handle them; False once it ended."""
-        while self._protocol.state is OPEN and not self._hung_up:
+        while self.connected:
             deadline = self._last_ping + self.ping_interval if self.ping_interval else math.inf
             if self._out:  # a client that takes none of our bytes is hung up on, quiet chat or not
                 deadline = min(deadline, self._last_progress + self.stall_seconds)
@@ -225,13 +228,13 @@ class Connection:
 
     def _wait_for_bytes(self, deadline):
         """Send what waits while waiting for the client's bytes; return them, None if none came, b"" if it left."""
-        timeout = None if deadline == math.inf else max(0, deadline - time.monotonic())
+        timeout = None if deadline == math.inf else math.ceil(max(0, deadline - time.monotonic()) * 1000)
         # A TLS socket may hold bytes it has decrypted already, which poll can't see.
-        if not (isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()):
+        if not (self._tls and self._sock.pending()):
             # poll opens no file (an epoll selector would), and gevent's patched poll waits in a greenlet.
             poll = select.poll()
             poll.register(self._sock, select.POLLIN | (select.POLLOUT if self._out else 0))
-            ready = poll.poll(None if timeout is None else math.ceil(timeout * 1000))
+            ready = poll.poll(timeout)
             self.push()
             if not ready or not ready[0][1] & ~select.POLLOUT:
                 return None
@@ -294,12 +297,10 @@ class Connection:
         while time.monotonic() < deadline and not self._hung_up:
             # Our close frame is out: our end of TCP says so at once. (A TLS socket shut
             # down halfway can't decrypt what still comes: it waits for the hang-up.)
-            if not self._out and not shut_down and not isinstance(self._sock, ssl.SSLSocket):
+            if not self._out and not shut_down and not self._tls:
                 shut_down = True
-                try:
+                with suppress(OSError):
                     self._sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
             data = self._wait_for_bytes(deadline)
             if data == b"":
                 return
@@ -316,7 +317,7 @@ class Connection:
         waiting = len(self._out) - self._offered_until  # besides the offered frame: a large frame goes alone
         if waiting and waiting + len(data) > MAX_QUEUED_BYTES and not offered:
             log.info("Hanging up on a WebSocket client that took none of the %d bytes waiting for it.", waiting)
-            self._hang_up()
+            self.hang_up()
         elif not self._hung_up:
             if not self._out:
                 self._last_progress = time.monotonic()
@@ -326,30 +327,19 @@ class Connection:
     def _send_some(self):
         while self._out and not self._hung_up:
             try:
-                sent = self._sock.send(self._out[:CHUNK_BYTES] if isinstance(self._sock, ssl.SSLSocket) else self._out)
+                sent = self._sock.send(self._out[:CHUNK_BYTES] if self._tls else self._out)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 sent = 0
             except OSError:
-                self._hang_up()  # the connection is gone; the route, reading, sees it and ends
+                self.hang_up()  # the connection is gone; the route, reading, sees it and ends
                 return
             if not sent:
                 if time.monotonic() - self._last_progress > self.stall_seconds:
-                    self._hang_up()
+                    self.hang_up()
                 return
             del self._out[:sent]  # cheap: a bytearray drops its start without copying the rest
             self._offered_until = max(0, self._offered_until - sent)
             self._last_progress = time.monotonic()
-
-    def _hang_up(self):
-        # Shutting the socket down ends the connection now: the route, waiting
-        # for the client's bytes, wakes up to find none, and ends.
-        self._hung_up = True
-        self._out.clear()
-        self._offered_until = 0
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; connect again."):
@@ -358,7 +348,6 @@ def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; conne
         connections = list(open_connections)
     for connection in connections:  # every close frame is queued at once; each route sends it and ends
         connection._send_event(CloseConnection(code, reason))
-        connection.push()
     seconds = max((connection.close_seconds for connection in connections), default=0)
     with open_connections_changed:
         open_connections_changed.wait_for(lambda: open_connections.isdisjoint(connections), timeout=seconds)

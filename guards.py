@@ -105,7 +105,7 @@ def is_chunked():
 def whole_number(name, default=0, most=LARGEST_NUMBER):
     """Return the query argument `name` as an integer from 0 to `most`, or raise BadRequest."""
     value = request.args.get(name)
-    if value is None or value == "":
+    if not value:  # absent, or empty
         return default
     if not (value.isascii() and value.isdigit()) or len(value) > 16 or int(value) > LARGEST_NUMBER:
         raise BadRequest(f"{name} must be a whole number from 0 to 2**53, not {quote(value)}.")

@@ -96,6 +96,6 @@ def worker_int(worker):
 
 def close_websockets():
     """Close every WebSocket of this worker with 1001 (after gevent has patched the standard library)."""
-    import serving
+    import connection
 
-    serving.close_websockets()
+    connection.close_all()

@@ -22,18 +22,16 @@ from flask import current_app, request
 
 
 class TokenBucket:
-    """Allows `rate` actions a second on average, and bursts of up to `burst`; `rate` 0 allows everything."""
+    """Allows `rate` actions a second on average (`rate` > 0), and bursts of up to `burst`: three seconds' worth."""
 
-    def __init__(self, rate, burst=None):
+    def __init__(self, rate):
         self.rate = rate
-        self.burst = burst or 3 * rate
+        self.burst = 3 * rate
         self.tokens = self.burst
         self.updated = time.monotonic()
 
     def take(self):
         """Take a token and return 0, or return how many seconds until there is one."""
-        if not self.rate:
-            return 0
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
@@ -48,7 +46,7 @@ class TokenBucket:
 
 
 class BucketPerAddress:
-    """A token bucket for each client address, forgetting those that have filled up again."""
+    """A token bucket for each client address (`rate` 0: no limit), forgetting those that have filled up again."""
 
     # Past this many addresses, full buckets are dropped, so memory stays bounded.
     FORGET_AFTER = 10000

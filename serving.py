@@ -33,7 +33,6 @@ shell get werkzeug untouched.
 """
 
 import atexit
-import contextlib
 import errno
 import io
 import os
@@ -43,6 +42,8 @@ import socket
 import sys
 import threading
 import time
+from contextlib import nullcontext, suppress
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -51,6 +52,7 @@ from flask.helpers import get_debug_flag
 import werkzeug.serving
 from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wsgi import ClosingIterator
 
 import connection
 
@@ -59,10 +61,6 @@ OUT_OF_FILES_PAUSE = 0.5
 # gunicorn.conf.py tells the app, through this environment variable, how many
 # connections its worker serves at once.
 CONNECTIONS_VARIABLE = "CHAT_WORKER_CONNECTIONS"
-# Under flask run, a WebSocket holds one open file (its socket: it waits
-# with poll, which opens none), as a long poll does. Together they may use
-# three quarters of the limit; the rest is kept for pages, API requests and log files.
-FILES_PER_WEBSOCKET = 1
 # Answers that refuse a request without reading its body.
 REFUSALS = {403, 408, 413, 415, 429}
 
@@ -84,7 +82,7 @@ def init_app(app):
 
 def harden_werkzeug(seconds, reloads):
     """Make the server that flask run is about to build the one this module describes."""
-    RequestHandler.request_seconds = seconds
+    RequestHandler.timeout = seconds
     werkzeug.serving.ThreadedWSGIServer = ThreadedServer
     if reloads is None:  # as flask run decides: with --debug
         reloads = get_debug_flag()
@@ -108,7 +106,10 @@ def store_name(redis_url):
 def capacity(app):
     """Return how many WebSockets and waiting long polls this process holds while pages still get answers."""
     open_files = open_file_limit()
-    websockets = open_files * 5 // 8 // FILES_PER_WEBSOCKET
+    # Under flask run, a WebSocket holds one open file (its socket: it waits
+    # with poll, which opens none), as a long poll does. Together they may use
+    # three quarters of the limit; the rest is kept for pages, API requests and log files.
+    websockets = open_files * 5 // 8
     long_polls = open_files // 8
     at_once = os.environ.get(CONNECTIONS_VARIABLE)
     if at_once:  # under gunicorn, its worker's connections run out first
@@ -162,22 +163,15 @@ class BodyDeadline:
         # next request, would read the rest of the body first. (Under flask run,
         # RequestHandler reads nothing after an answer.)
         if refused and "gunicorn.socket" in environ:
-            return self.then_stop_reading(answer, environ["gunicorn.socket"])
+            return ClosingIterator(answer, partial(stop_reading, environ["gunicorn.socket"]))
         return answer
 
-    @staticmethod
-    def then_stop_reading(answer, raw):
-        """Send `answer`, then shut the socket for reading: the server's drain of the body ends at once."""
-        try:
-            yield from answer
-            # With reading shut, the socket gives what has arrived, then its end.
-            try:
-                raw.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass  # the client has gone already
-        finally:
-            if hasattr(answer, "close"):
-                answer.close()
+
+def stop_reading(raw):
+    """Shut the socket for reading, once the answer is sent: the server's drain of the body ends at once."""
+    # With reading shut, the socket gives what has arrived, then its end.
+    with suppress(OSError):  # the client has gone already
+        raw.shutdown(socket.SHUT_RD)
 
 
 class DeadlineInput:
@@ -222,7 +216,7 @@ def whole_read_deadline(seconds):
         import gevent
 
         return gevent.Timeout(seconds, TimeoutError)
-    return contextlib.nullcontext()
+    return nullcontext()
 
 
 # werkzeug's development server, as flask run builds it
@@ -254,19 +248,18 @@ class DeadlineReader(io.RawIOBase):
 class RequestHandler(werkzeug.serving.WSGIRequestHandler):
     """werkzeug's request handler, which gives a request REQUEST_SECONDS from the connection's start."""
 
-    request_seconds = 10  # set by init_app from the app's REQUEST_SECONDS
-    # socketserver sets it on the connection, for each write. A WebSocket lifts it (connection.py).
-    timeout = request_seconds
+    # REQUEST_SECONDS (init_app sets it). socketserver sets it on the connection,
+    # for each write; a WebSocket lifts it (connection.py).
+    timeout = 10
 
     def setup(self):
         """Read requests through a DeadlineReader."""
-        self.timeout = self.request_seconds
         super().setup()
         self.rfile = io.BufferedReader(DeadlineReader(self))
 
     def handle_one_request(self):
         """Read and answer one request, which must arrive within REQUEST_SECONDS."""
-        self.deadline = time.monotonic() + self.request_seconds
+        self.deadline = time.monotonic() + self.timeout
         self.answered = False
         super().handle_one_request()
 
@@ -303,15 +296,13 @@ class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
         if threading.current_thread() is not threading.main_thread():
             # --debug: the server runs in a thread, and werkzeug's reloader ends
             # the process (Ctrl+C, SIGTERM, a saved file) from the main thread.
-            atexit.register(close_websockets)
-            super().serve_forever(poll_interval)
-            return
-        # Python's default SIGTERM ends at once; as Ctrl+C, werkzeug stops serving.
-        signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+            atexit.register(connection.close_all)
+        else:  # Python's default SIGTERM ends at once; as Ctrl+C, werkzeug stops serving.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             super().serve_forever(poll_interval)
         finally:
-            close_websockets()
+            connection.close_all()
 
 
 # flask --debug run: a first process restarts, at every saved file, a second
@@ -351,12 +342,3 @@ def stop_when_the_reloader_asks():
 
     threading.Thread(target=wait, name="waiting for the reloader", daemon=True).start()
 
-
-def close_websockets():
-    """Close every WebSocket of this process with 1001, "going away": the server is stopping."""
-    connection.close_all()
-
-
-def stop_as_on_ctrl_c(signum, frame):
-    """Stop the server as Ctrl+C does."""
-    raise KeyboardInterrupt
