@@ -98,42 +98,48 @@ class RedisPlaces(Places):
         self.take_script, self.give_back_script, self.renew_script = (
             store.redis.register_script(script) for script in (self.TAKE, self.GIVE_BACK, self.RENEW))
         self.renewer = None  # the thread that renews the lease while this process holds places
+        # This process's count and Redis's change together: a renewal that wrote
+        # the count between the two would count a place twice, or not at all.
+        self.counting = threading.Lock()
 
     def take(self, address):
         """Take a place for `address`; return None, or who is full: "server" or "address"."""
-        refusal = super().take(address)  # this process's room, and the address's share of it here
-        if refusal:
-            return refusal
-        with self.lock:
-            if self.renewer is None:
-                self.renewer = threading.Thread(target=self._renew, name="redis-places-lease", daemon=True)
-                self.renewer.start()
-        try:
-            if not self.store.call(self.take_script, keys=self.keys,
-                                   args=[self.per_address, address, self.process, self.LEASE]):
-                super().give_back(address)
-                return "address"
-        except StoreUnavailable:
-            pass  # Redis can't count: this process's own count has to do
-        return None
+        with self.counting:
+            refusal = super().take(address)  # this process's room, and the address's share of it here
+            if refusal:
+                return refusal
+            with self.lock:
+                if self.renewer is None:
+                    self.renewer = threading.Thread(target=self._renew, name="redis-places-lease", daemon=True)
+                    self.renewer.start()
+            try:
+                if not self.store.call(self.take_script, keys=self.keys,
+                                       args=[self.per_address, address, self.process, self.LEASE]):
+                    super().give_back(address)
+                    return "address"
+            except StoreUnavailable:
+                pass  # Redis can't count: this process's own count has to do
+            return None
 
     def give_back(self, address):
         """Give back a place that `address` took."""
-        super().give_back(address)
-        try:
-            self.store.call(self.give_back_script, keys=self.keys[1:], args=[address])
-        except StoreUnavailable:
-            pass  # the next renewal writes the right count
+        with self.counting:
+            super().give_back(address)
+            try:
+                self.store.call(self.give_back_script, keys=self.keys[1:], args=[address])
+            except StoreUnavailable:
+                pass  # the next renewal writes the right count
 
     def _renew(self):
         """Renew the lease every third of it, until this process holds no place or the store closes."""
         while not self.store.closed.wait(self.LEASE / 3):
-            with self.lock:
-                if not self.taken:  # its hash is empty: the lease can simply run out
-                    self.renewer = None
-                    return
-                places = [item for address_places in self.taken.items() for item in address_places]
-            try:
-                self.store.call(self.renew_script, keys=self.keys, args=[self.process, self.LEASE, *places])
-            except StoreUnavailable:
-                pass  # try again at the next renewal
+            with self.counting:
+                with self.lock:
+                    if not self.taken:  # its hash is empty: the lease can simply run out
+                        self.renewer = None
+                        return
+                    places = [item for address_places in self.taken.items() for item in address_places]
+                try:
+                    self.store.call(self.renew_script, keys=self.keys, args=[self.process, self.LEASE, *places])
+                except StoreUnavailable:
+                    pass  # try again at the next renewal
