@@ -46,6 +46,9 @@ def create_app(test_config=None):
         REDIS_URL="",
         REDIS_SECONDS=2,  # a request's whole budget for Redis, before it gets 503
         REDIS_POLL_SECONDS=1,  # how often the Redis listener looks, when nothing is published
+        REQUEST_SECONDS=10,  # a request, headers and body, must arrive within this of its connection's start
+        STALL_SECONDS=5,  # a WebSocket client that takes none of our bytes this long is hung up on
+        CLOSE_SECONDS=2,  # how long a closing handshake may take
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
     app.config.from_prefixed_env()

@@ -282,6 +282,8 @@ class Connection:
     def _pay(self):
         """Take a token of the client's allowance, reading nothing until there is one; False if it floods."""
         while self.pace and (wait := self.pace()):
+            if not self.connected:  # we closed meanwhile (the server is stopping): stop waiting
+                return False
             self._paced_seconds += wait
             if self._paced_seconds > FLOOD_SECONDS:  # it keeps on: close, as for a flood of messages
                 self._send_event(CloseConnection(CloseReason.POLICY_VIOLATION, "Too many frames: slow down."))

@@ -87,6 +87,7 @@ def post_worker_init(worker):
 
     for signum in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, stop_once)
+    worker.log.info("Worker %s serves; stopping it closes its WebSockets with 1001.", worker.pid)
 
 
 def worker_int(worker):

@@ -67,7 +67,6 @@ REFUSALS = {403, 408, 413, 415, 429}
 
 def init_app(app):
     """Serve `app` as this module says: proxies believed, slow and refused bodies cut off, flask run hardened."""
-    app.config.setdefault("REQUEST_SECONDS", 10)
     seconds = float(app.config["REQUEST_SECONDS"])
     app.wsgi_app = BodyDeadline(app.wsgi_app, seconds)
     proxies = int(app.config["TRUSTED_PROXIES"])

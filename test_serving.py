@@ -167,7 +167,7 @@ def test_stopping_the_server_closes_every_websocket_with_1001_and_it_exits_promp
         server = start(Gunicorn(flask_env(redis_settings(redis_url)), options=["-w", "2"],
                                 log=tmp_path / "server.log"))
         # Both workers have set up the app, and how they stop (a worker still starting exits as gunicorn's do).
-        wait_until(lambda: server.output().count("Room for") == 2)
+        wait_until(lambda: server.output().count("stopping it closes its WebSockets") == 2)
     elif kind == "flask --debug run":
         server = start(FlaskDebugRun(log=tmp_path / "server.log"))
     else:
