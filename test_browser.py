@@ -813,10 +813,24 @@ def test_a_new_visitor_while_redis_is_down_sees_why_until_it_is_back(
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_once_redis_is_back_no_error_from_while_it_was_down_stays(
         server_on_own_redis, own_redis, open_chat, path):
-    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True, clock=True)
+    sockets = []
+    page = open_chat(server_on_own_redis.url + path, network_errors_expected=True, clock=True,
+                     before_goto=lambda page: page.on("websocket", lambda ws: sockets.append(ws)))
     alert = page.get_by_role("alert")
     own_redis.stop()
-    send(page, "Azin", "While Redis is down")
+    # Redis comes back only once the send itself was refused (a page may say "can't be reached" before,
+    # from its long poll or a `status` frame, while the send's connection is still tried again).
+    if path == "/polling":
+        with page.expect_response(lambda answer: answer.request.method == "POST") as answer:
+            send(page, "Azin", "While Redis is down")
+        assert answer.value.status == 503
+    else:
+        def refused(payload):
+            frame = json.loads(payload)
+            return frame["command"] == "error" and "ref" in frame
+
+        with sockets[-1].expect_event("framereceived", predicate=refused):
+            send(page, "Azin", "While Redis is down")
     expect(alert).to_contain_text("can't be reached")
 
     own_redis.start()

@@ -8,6 +8,7 @@ WebSocket events), so a panel that guessed or rounded would fail.
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,9 @@ def test_the_totals_add_up_to_the_rows(server, open_page, path):
     else:
         assert counted["frames_sent"] == 4 and counted["frames_received"] >= 5
     assert page.get_by_role("listitem").count() == 3  # and the chat's own list holds no row of the wire
+
+
+def test_the_wire_stays_a_module_of_its_own_and_the_chats_shared_code_stays_short():
+    static = Path(__file__).parent / "static"
+    assert len((static / "wire.js").read_text().splitlines()) <= 120
+    assert len((static / "chat.js").read_text().splitlines()) <= 200

@@ -5,9 +5,6 @@
 
 const limits = JSON.parse(document.getElementById("limits").textContent);
 
-/** What a page says while the server can't be reached: it asks nothing, since the page reconnects by itself. */
-export const SERVER_AWAY = "The server is away; reconnecting by itself…";
-
 /**
  * Wire up the page. `transport.send(message)`, `transport.vote(id, kind)` and
  * `transport.older(beforeId, epoch)` return promises that reject with an Error
@@ -146,10 +143,7 @@ export function startChat(transport) {
       if (wasAtBottom) list.scrollTop = list.scrollHeight;
     },
 
-    /**
-     * Show "connected", "reconnecting", "offline" or "unavailable" (the server
-     * answers, but can't serve the chat: Redis is down, say), and why, if known.
-     */
+    /** Show "connected", "reconnecting", "offline" or "unavailable" (no chat behind the server), and why. */
     setStatus(state, reason = "") {
       status.textContent = status.dataset.state = state;
       if (reason) showError(reason, true);
@@ -183,16 +177,12 @@ export function renderMessage(message) {
   time.title = new Date(message.timestamp).toLocaleString();
   const meta = element("p", "meta");
   meta.append(element("bdi", "user", message.user), " ", time);
-  const text = element("p", looksLikeCode(message.text) ? "text code" : "text", message.text);
+  // Tabs, or lines indented by two spaces or more: pasted code, best read in monospace.
+  const text = element("p", /\t|^ {2,}\S/m.test(message.text) ? "text code" : "text", message.text);
   text.dir = "auto"; // Arabic or Hebrew reads right to left
   item.append(meta, text, voteButton("like", "Like", message.likes),
               voteButton("dislike", "Dislike", message.dislikes));
   return item;
-}
-
-// Tabs, or lines indented by two spaces or more: pasted code, best read in monospace.
-function looksLikeCode(text) {
-  return /\t|^ {2,}\S/m.test(text);
 }
 
 // Words rather than 👍 and 👎, which many lab machines, lacking an emoji

@@ -3,6 +3,9 @@
 // And how long to wait before trying again, when the server can't be reached.
 import { wiredFetch } from "./wire.js"; // fetch(), listed in the page's wire panel
 
+/** What a page says while the server can't be reached: it asks nothing, since the page reconnects by itself. */
+export const SERVER_AWAY = "The server is away; reconnecting by itself…";
+
 /** GET a JSON answer; reject with the server's own explanation if it refuses. */
 export async function getJSON(url) {
   return answerOf(wiredFetch(url));

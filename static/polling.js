@@ -1,6 +1,6 @@
 // The polling page's transport: long polling GET /messages, sending with POST.
-import { SERVER_AWAY, startChat } from "./chat.js";
-import { backoff, getJSON, postJSON, sleep } from "./http.js";
+import { startChat } from "./chat.js";
+import { SERVER_AWAY, backoff, getJSON, postJSON, sleep } from "./http.js";
 
 const chat = startChat({
   send: (message) => postJSON("/messages", message),

@@ -1,6 +1,6 @@
 // The WebSocket page's transport: one socket to /ws for receiving and sending.
-import { SERVER_AWAY, startChat } from "./chat.js";
-import { backoff, connectionError, getJSON } from "./http.js";
+import { startChat } from "./chat.js";
+import { SERVER_AWAY, backoff, connectionError, getJSON } from "./http.js";
 import { sent, watchSocket } from "./wire.js"; // lists what travels, in the page's wire panel
 
 // Close codes that say the page did something wrong: flooding (1008), too big a
