@@ -78,8 +78,7 @@ def carry_out(store, frame, allowance):
     except KeyError:
         return error_frame(f"There is no message with id {quote(command['id'])}.", ref)
     # Its sender alone learns that this command, and not another with the same text, went through.
-    return None if ref is None else json.dumps({"command": "sent", "ref": ref, "id": message["id"]},
-                                               ensure_ascii=False, allow_nan=False)
+    return None if ref is None else sent_frame(ref, message["id"])
 
 
 def parse_command(frame):
@@ -96,6 +95,11 @@ def parse_command(frame):
     if not (ref is None or is_number or isinstance(ref, str) and len(ref) <= 64):
         raise ValueError('"ref" must be text of up to 64 characters, or a number.')
     return command
+
+
+def sent_frame(ref, message_id):
+    """Return the JSON text of a `sent` frame: the command with this `ref` was carried out on that message."""
+    return json.dumps({"command": "sent", "ref": ref, "id": message_id}, ensure_ascii=False, allow_nan=False)
 
 
 def error_frame(error, ref=None):
