@@ -10,7 +10,7 @@ The chat itself, to read first:
 
 What keeps one client from hurting the others, to read after:
 - guards.py: the HTTP API's checks (this site only, JSON, flood control, sizes);
-- handshake.py: what is refused before a WebSocket upgrade;
+- handshake.py: what is refused before a WebSocket upgrade, and the socket handed over after;
 - text_rules.py: what a name and a message may hold;
 - limits.py: flood control, and places per client address;
 - connection.py: sockets that never block on a slow client, and close cleanly.
@@ -82,7 +82,7 @@ def create_app(test_config=None):
         store = Store(**sizes)
         changes_per_address = BucketPerAddress(rate)
         socket_places, long_poll_places = Places(websockets, per_address), Places(long_polls, per_address)
-    app.logger.info("The chat is kept %s.", serving.store_name(app.config["REDIS_URL"]))
+    app.logger.info("The chat is kept %s.", store.where)
     # What the routes share, reached as current_app.extensions["chat"].
     app.extensions["chat"] = SimpleNamespace(
         store=store,

@@ -1,7 +1,7 @@
 """One WebSocket after its handshake: wsproto's state machine, and our own reading and writing.
 
-simple-websocket does the handshake; then the route's own thread does the rest
-on wsproto's public API (`receive_data`, `events()`, `send()`, `state`), so
+simple-websocket does the handshake (handshake.py hands its socket over); then
+the route's own thread does the rest on wsproto's public API (`receive_data`, `events()`, `send()`, `state`), so
 that each limit sits where the bytes are:
 - sending never blocks: the broadcaster offers one frame at a time, and a
   client that takes none of our bytes for STALL_SECONDS is hung up on (a small
@@ -12,7 +12,6 @@ that each limit sits where the bytes are:
 - every wait has a deadline: a ping each `ping_interval`, TLS included;
 - every connection ends with a close frame and nothing after: what came before
   the client's close frame is carried out, and answered, before ours.
-simple-websocket's `sock` and `ws` are undocumented: test_internals.py checks both.
 """
 
 import logging
@@ -22,13 +21,9 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from contextlib import suppress
-from functools import wraps
 
-import flask_sock
-from flask import current_app
-from wsproto.connection import ConnectionState
+from wsproto.connection import ConnectionState as State
 from wsproto.events import CloseConnection, Message, Ping, Pong
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
@@ -41,59 +36,9 @@ CHUNK_BYTES = 16384
 # A client whose frames wait for its allowance this long without a break is closed with 1008.
 FLOOD_SECONDS = 5
 
-# The connections open in this process, so that a stopping server can close them all and wait for them.
-open_connections = set()
-open_connections_changed = threading.Condition()
-
 log = logging.getLogger(__name__)
-OPEN, REMOTE_CLOSING, LOCAL_CLOSING = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING,
-                                       ConnectionState.LOCAL_CLOSING)
+OPEN, REMOTE_CLOSING, LOCAL_CLOSING = State.OPEN, State.REMOTE_CLOSING, State.LOCAL_CLOSING
 BEFORE_OUR_CLOSE = (OPEN, REMOTE_CLOSING)  # frames the client sent before its close frame still get answers
-
-
-class Sock(flask_sock.Sock):
-    """flask-sock's `Sock`, whose routes get a `Connection` instead of a bare simple-websocket `Server`."""
-
-    def __init__(self, app=None, pace=None):
-        self.pace = pace  # called in each handshake's request: returns the connection's `pace`
-        super().__init__(app)
-
-    def init_app(self, app):
-        """Register the routes; simple-websocket does only the handshake (its reader thread never starts)."""
-        super().init_app(app)
-        app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
-                                             "thread_class": NoReaderThread}
-
-    def route(self, path, bp=None, **kwargs):
-        """Register a WebSocket route, as flask-sock's `route` does."""
-        def decorator(handler):
-            @wraps(handler)
-            def serve(ws, *args, **kwargs):
-                connection = Connection(ws.sock, ws.ws, current_app.config, self.pace and self.pace())
-                with open_connections_changed:
-                    open_connections.add(connection)
-                try:
-                    handler(connection, *args, **kwargs)
-                finally:
-                    try:
-                        connection.close()
-                    finally:
-                        with open_connections_changed:
-                            open_connections.discard(connection)
-                            open_connections_changed.notify_all()
-
-            return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
-        return decorator
-
-
-class NoReaderThread:
-    """What simple-websocket takes for its reader thread (its `thread_class` option), and starts: nothing."""
-
-    def __init__(self, target=None, **kwargs):
-        self.name = "no reader thread: the route's own thread reads"
-
-    def start(self):
-        pass
 
 
 class Connection:
@@ -109,13 +54,13 @@ class Connection:
         self.stall_seconds = float(config.get("STALL_SECONDS", 5))
         self.close_seconds = float(config.get("CLOSE_SECONDS", 2))
         self.pace = pace  # returns 0, or how long to read nothing: frames cost from the client's allowance
-        # The route's thread reads and writes, the broadcaster writes, close_all closes: one at a time.
+        # The route's thread reads and writes, the broadcaster writes, a stopping server closes: one at a time.
         self._lock = threading.RLock()
         self._out = bytearray()  # bytes on their way to the client, in order
         self._offered_until = 0  # where in them the offered frame ends (0: none waits)
         self._last_progress = self._last_ping = time.monotonic()
         self._awaiting_pong = self._hung_up = False
-        self._messages = deque()  # whole messages read and not yet carried out
+        self._messages = []  # whole messages read and not yet carried out
         self._parts, self._size = [], 0  # the message arriving, and its size in bytes
         self._client_close = None  # the client's close frame, answered once the messages before it are carried out
         self._paced_seconds = 0  # how long its frames have waited for its allowance, without a break
@@ -161,7 +106,7 @@ class Connection:
             if self._messages:
                 if self._hung_up or self._protocol.state not in BEFORE_OUR_CLOSE:
                     return  # after we closed, or the connection broke, nothing is carried out
-                yield self._messages.popleft()
+                yield self._messages.pop(0)
             elif self._client_close:  # the messages before its close frame are carried out: answer it
                 self._send_event(self._client_close.response())
                 return
@@ -187,6 +132,10 @@ class Connection:
             self._finish_closing()
         finally:
             self.hang_up()  # nothing more goes out, not even the HTTP answer werkzeug writes (flask-sock #20)
+
+    def start_closing(self, code, reason):
+        """Queue our close frame, without waiting: the route, reading, finishes the closing handshake and ends."""
+        self._send_event(CloseConnection(code, reason))
 
     def hang_up(self):
         """End the TCP connection now, without a closing handshake; whatever anyone writes after is lost."""
@@ -342,20 +291,6 @@ class Connection:
             del self._out[:sent]  # cheap: a bytearray drops its start without copying the rest
             self._offered_until = max(0, self._offered_until - sent)
             self._last_progress = time.monotonic()
-
-
-def close_all(code=CloseReason.GOING_AWAY, reason="The server is stopping; connect again."):
-    """Close every open connection of this process, all at once, within a few seconds: the server is stopping."""
-    with open_connections_changed:
-        connections = list(open_connections)
-    for connection in connections:  # every close frame is queued at once; each route sends it and ends
-        connection._send_event(CloseConnection(code, reason))
-    seconds = max((connection.close_seconds for connection in connections), default=0)
-    with open_connections_changed:
-        open_connections_changed.wait_for(lambda: open_connections.isdisjoint(connections), timeout=seconds)
-        unanswered = open_connections.intersection(connections)
-    for connection in unanswered:  # hanging up wakes its route, which ends
-        connection.hang_up()
 
 
 def encode_text_frame(text):

@@ -11,7 +11,6 @@ import os
 import signal
 
 from gunicorn.workers.base_async import AsyncWorker
-from gunicorn.workers.gthread import ThreadWorker
 
 # This file is read before gevent patches the standard library in each worker,
 # so the app's modules are imported in the hooks below, after it.
@@ -46,12 +45,9 @@ def on_starting(server):
 
 def post_fork(server, worker):
     """Tell the app, which this new worker creates next, how many connections the worker serves at once."""
-    if isinstance(worker, AsyncWorker):  # gevent: one greenlet for each
-        at_once = worker.cfg.worker_connections
-    elif isinstance(worker, ThreadWorker):  # gthread: one thread for each, while it is in a request
-        at_once = worker.cfg.threads
-    else:  # sync: one at a time, so no WebSockets and no long polls at all
-        at_once = 1
+    # gevent: a greenlet for each connection. gthread: a thread for each while
+    # in a request; sync (threads=1): one at a time, so no WebSocket or long poll.
+    at_once = worker.cfg.worker_connections if isinstance(worker, AsyncWorker) else worker.cfg.threads
     os.environ["CHAT_WORKER_CONNECTIONS"] = str(at_once)  # read by serving.capacity
 
 
@@ -97,6 +93,6 @@ def worker_int(worker):
 
 def close_websockets():
     """Close every WebSocket of this worker with 1001 (after gevent has patched the standard library)."""
-    import connection
+    import serving
 
-    connection.close_all()
+    serving.close_all()

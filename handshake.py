@@ -1,21 +1,29 @@
-"""What the server checks before it upgrades a request to a WebSocket, and refuses with plain HTTP.
+"""The WebSocket handshake: what the server refuses with plain HTTP, and the socket handed to a Connection.
 
 sockets.py calls `guard(bp)` once. Then, before each handshake: a page of
 another site gets 403, a handshake that RFC 6455 wouldn't accept gets 400 with
 the reason, and a client that would take more than the server's or its
 address's share of sockets gets 503 or 429. After the upgrade a browser can
 only see "closed", so this is the last moment to say why.
+
+Its routes are `Sock`'s: simple-websocket does the handshake, then its
+undocumented `sock` and `ws` (the socket and wsproto's connection) go to a
+`Connection` (connection.py), which does the rest. test_internals.py checks both.
 """
 
 import base64
 import binascii
+from functools import wraps
 
+import flask_sock
 import simple_websocket
 from flask import current_app, g, jsonify, request
 from werkzeug.exceptions import BadRequest, Forbidden
 from werkzeug.routing import WebsocketMismatch
 from wsproto.utilities import RemoteProtocolError
 
+import serving
+from connection import Connection
 from guards import from_another_site, quote, take_place, whole_number
 
 
@@ -99,3 +107,45 @@ def not_a_handshake(error):
 def handshake_failed(error):
     """Answer a handshake that failed anyway (the client left, say) with 400, and no traceback in the log."""
     return jsonify(error=f"The WebSocket handshake failed: {error}"), 400
+
+
+class Sock(flask_sock.Sock):
+    """flask-sock's `Sock`, whose routes get a `Connection` instead of a bare simple-websocket `Server`."""
+
+    def __init__(self, app=None, pace=None):
+        self.pace = pace  # called in each handshake's request: returns the connection's `pace`
+        super().__init__(app)
+
+    def init_app(self, app):
+        """Register the routes; simple-websocket does only the handshake (its reader thread never starts)."""
+        super().init_app(app)
+        app.config["SOCK_SERVER_OPTIONS"] = {**app.config.get("SOCK_SERVER_OPTIONS", {}),
+                                             "thread_class": NoReaderThread}
+
+    def route(self, path, bp=None, **kwargs):
+        """Register a WebSocket route, as flask-sock's `route` does."""
+        def decorator(handler):
+            @wraps(handler)
+            def serve(ws, *args, **kwargs):
+                connection = Connection(ws.sock, ws.ws, current_app.config, self.pace and self.pace())
+                serving.opened(connection)  # a stopping server closes it
+                try:
+                    handler(connection, *args, **kwargs)
+                finally:
+                    try:
+                        connection.close()
+                    finally:
+                        serving.closed(connection)
+
+            return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
+        return decorator
+
+
+class NoReaderThread:
+    """What simple-websocket takes for its reader thread (its `thread_class` option), and starts: nothing."""
+
+    def __init__(self, target=None, **kwargs):
+        self.name = "no reader thread: the route's own thread reads"
+
+    def start(self):
+        pass

@@ -36,6 +36,7 @@ import logging
 import secrets
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -225,6 +226,7 @@ class RedisStore:
         # never carried out: its sender stops waiting soon after, and answers 503.
         self.write_deadline = 0.75 * redis_seconds
         self.run_id = ""
+        self.where = f"in Redis at {without_password(url)}"  # for the start-up log
         self.clock_offset = 0  # Redis's clock minus ours, in seconds
         # Why Redis can't be reached, as last found; None while it answers.
         self.unreachable = None
@@ -447,6 +449,15 @@ class RedisStore:
             else:
                 continue
             self._set_unreachable(None)  # Redis answers: requests may ask it again
+
+
+def without_password(url):
+    """Return a Redis URL with its password, if it has one, written as ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
 
 
 def cant_reach(error):

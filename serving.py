@@ -44,17 +44,14 @@ import threading
 import time
 from contextlib import nullcontext, suppress
 from functools import partial
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import flask.cli
-from flask.helpers import get_debug_flag
 import werkzeug.serving
 from werkzeug.exceptions import RequestTimeout
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import ClosingIterator
-
-import connection
+from wsproto.frame_protocol import CloseReason
 
 # Out of open files, wait this long before accepting again.
 OUT_OF_FILES_PAUSE = 0.5
@@ -76,30 +73,18 @@ def init_app(app):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
     command = click.get_current_context(silent=True)  # the command line's, while flask run loads the app
     if command is not None and command.command is flask.cli.run_command:
-        harden_werkzeug(seconds, command.params.get("reload"))
+        reloads = command.params.get("reload")
+        harden_werkzeug(seconds, app.debug if reloads is None else reloads)  # as flask run decides
 
 
 def harden_werkzeug(seconds, reloads):
     """Make the server that flask run is about to build the one this module describes."""
     RequestHandler.timeout = seconds
     werkzeug.serving.ThreadedWSGIServer = ThreadedServer
-    if reloads is None:  # as flask run decides: with --debug
-        reloads = get_debug_flag()
     if reloads and werkzeug.serving.is_running_from_reloader():
         stop_when_the_reloader_asks()
     elif reloads:
         pass_stops_to_the_served_process()
-
-
-def store_name(redis_url):
-    """Name the store for the start-up log: in memory, or the Redis URL without its password."""
-    if not redis_url:
-        return "in this process's memory (one process only; set FLASK_REDIS_URL to share it)"
-    parts = urlsplit(redis_url)
-    if parts.password is not None:
-        host = parts.netloc.rsplit("@", 1)[1]
-        redis_url = urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", *parts[2:]))
-    return f"in Redis at {redis_url}"
 
 
 def capacity(app):
@@ -295,13 +280,48 @@ class ThreadedServer(werkzeug.serving.ThreadedWSGIServer):
         if threading.current_thread() is not threading.main_thread():
             # --debug: the server runs in a thread, and werkzeug's reloader ends
             # the process (Ctrl+C, SIGTERM, a saved file) from the main thread.
-            atexit.register(connection.close_all)
+            atexit.register(close_all)
         else:  # Python's default SIGTERM ends at once; as Ctrl+C, werkzeug stops serving.
             signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             super().serve_forever(poll_interval)
         finally:
-            connection.close_all()
+            close_all()
+
+
+# Stopping, under either server: every WebSocket gets a close frame (gunicorn.conf.py calls close_all too)
+
+
+# The connections open in this process (handshake.Sock's routes add and remove them), to close when it stops.
+open_connections = set()
+open_connections_changed = threading.Condition()
+
+
+def opened(connection):
+    """Count `connection` as open, until `closed`."""
+    with open_connections_changed:
+        open_connections.add(connection)
+
+
+def closed(connection):
+    """Count `connection` as closed, and wake `close_all` if it waits for it."""
+    with open_connections_changed:
+        open_connections.discard(connection)
+        open_connections_changed.notify_all()
+
+
+def close_all():
+    """Close every open WebSocket of this process with 1001, all at once, within a few seconds."""
+    with open_connections_changed:
+        connections = list(open_connections)
+    for connection in connections:  # every close frame is queued at once; each route sends it and ends
+        connection.start_closing(CloseReason.GOING_AWAY, "The server is stopping; connect again.")
+    seconds = max((connection.close_seconds for connection in connections), default=0)
+    with open_connections_changed:
+        open_connections_changed.wait_for(lambda: open_connections.isdisjoint(connections), timeout=seconds)
+        unanswered = open_connections.intersection(connections)
+    for connection in unanswered:  # hanging up wakes its route, which ends
+        connection.hang_up()
 
 
 # flask --debug run: a first process restarts, at every saved file, a second

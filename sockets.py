@@ -1,6 +1,6 @@
 """The two WebSocket routes: /hello/ws, the smallest there is, and /ws, the chat.
 
-Each route gets a `Connection` (connection.py): flask-sock's WebSocket, made
+Each route gets a `Connection` (connection.py), flask-sock's WebSocket made
 safe against clients that read slowly, flood, or vanish. What the server
 refuses before the upgrade (a page of another site, a broken handshake, more
 sockets than fit) is in handshake.py: one call below puts it in front of both.
@@ -13,13 +13,12 @@ from wsproto.frame_protocol import CloseReason
 
 import handshake
 from api import add_message, add_vote
-from connection import Sock
 from guards import LARGEST_NUMBER, parse_json, quote, whole_number
 from limits import FrameAllowance, frame_pace, too_many_changes
 from store import StoreUnavailable
 
 bp = Blueprint("sockets", __name__)
-sock = Sock(pace=frame_pace)  # every frame a client sends costs from its address's allowance
+sock = handshake.Sock(pace=frame_pace)  # every frame a client sends costs from its address's allowance
 handshake.guard(bp)
 
 

@@ -24,6 +24,8 @@ class Store:
 
     # Why the chat can't be read or changed right now, or None: never, for this one.
     unavailable = None
+    # Where the chat is kept, for the start-up log.
+    where = "in this process's memory (one process only; set FLASK_REDIS_URL to share it)"
 
     def __init__(self, max_messages=10000, page_size=200, max_answer_bytes=262144):
         # A new random epoch on every start tells clients that the ids and the

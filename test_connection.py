@@ -20,7 +20,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 from helpers import (PROMPTLY, FlaskRun, FlaskRunTLS, Gunicorn, LiveServer, free_port, frames_in, raw_websocket,
                      read_until_the_server_hangs_up, wait_until)
-from connection import Sock
+from handshake import Sock
 
 RATE_LIMIT = 10  # the default
 BURST = 3 * RATE_LIMIT

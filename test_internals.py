@@ -1,28 +1,50 @@
-"""What connection.py borrows from simple-websocket beyond its documented API, checked by name and by use.
+"""What the app borrows from other packages beyond their documented APIs, each checked by name and by use.
 
-simple-websocket does the handshake; connection.py then takes over the
-connection through two undocumented attributes of its `Server`: `sock` (the
-client's socket) and `ws` (the wsproto `WSConnection` the handshake opened).
-Everything after that is wsproto's public API. requirements.txt pins the
-versions this was tested with; if an upgrade renames or changes one of these,
-these tests say which, rather than a WebSocket test failing somewhere far away.
+- simple-websocket does the handshake; handshake.py then hands the connection
+  to connection.py through two undocumented attributes of its `Server`: `sock`
+  (the client's socket) and `ws` (the wsproto `WSConnection` it opened).
+- connection.py encodes a broadcast frame once, with wsproto's `FrameProtocol`
+  (wsproto documents `WSConnection` and its events, not this class).
+- serving.py, under `flask run` only: werkzeug's `make_server` builds the class
+  named `werkzeug.serving.ThreadedWSGIServer` when it is called, over a
+  listening socket it wrapped in the TLS context; werkzeug's request handler
+  reads the request through its `rfile` and calls `end_headers` as the answer
+  starts; `flask --debug run`'s first process sets its SIGTERM handler before
+  it starts the serving process.
+- serving.py, under both servers: the client's socket is in the WSGI environ as
+  `werkzeug.socket` or `gunicorn.socket`. gunicorn.conf.py: gevent's worker is
+  an `AsyncWorker`, whose `cfg.worker_connections` is the setting.
+requirements.txt pins the versions this was tested with; if an upgrade renames
+or changes one of these, these tests say which, rather than a test failing
+somewhere far away.
 """
 
+import http.client
+import io
+import json
+import os
 import socket
+import ssl
+import subprocess
+import sys
+import threading
 from importlib.metadata import version
 
 import pytest
 import simple_websocket
+import werkzeug.serving
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameProtocol, Opcode
 from wsproto.utilities import LocalProtocolError
 
-from connection import Connection, NoReaderThread, encode_text_frame
+from connection import Connection, encode_text_frame
+from handshake import NoReaderThread
+from helpers import PROJECT, PROMPTLY, Gunicorn
 
 MAX_MESSAGE_SIZE = 65536
 CONFIG = {"SOCK_SERVER_OPTIONS": {"max_message_size": MAX_MESSAGE_SIZE, "ping_interval": 25},
-          "CLOSE_SECONDS": 1}
+          "CLOSE_SECONDS": 0.2}  # how long close() waits for a client that never hangs up
 
 
 @pytest.fixture
@@ -108,3 +130,125 @@ def test_a_message_over_the_limit_closes_with_1009_as_its_fragments_arrive(accep
 def test_wsproto_still_encodes_a_server_text_frame_as_rfc_6455_says():
     # FIN and opcode 1 (text), no mask, a length of 5, then the bytes.
     assert encode_text_frame("Hello") == b"\x81\x05Hello"
+
+
+# werkzeug, as serving.py changes it under flask run
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"Hello"]
+
+
+def test_werkzeug_builds_the_server_class_its_module_names_when_make_server_is_called(monkeypatch):
+    class Named(werkzeug.serving.ThreadedWSGIServer):
+        pass
+
+    monkeypatch.setattr(werkzeug.serving, "ThreadedWSGIServer", Named)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server = werkzeug.serving.make_server("127.0.0.1", 0, hello, threaded=True, ssl_context=context)
+    try:
+        assert type(server) is Named, "make_server no longer builds werkzeug.serving.ThreadedWSGIServer"
+        # So its accept() would do each TLS handshake in the accepting thread: serving.py accepts plainly.
+        assert isinstance(server.socket, ssl.SSLSocket) and server.ssl_context is context
+    finally:
+        server.server_close()
+
+
+def test_werkzeug_reads_a_request_through_the_handlers_rfile_and_hands_the_app_its_socket():
+    seen = {}
+
+    class Counted(io.RawIOBase):  # as serving.DeadlineReader reads it
+        def __init__(self, connection):
+            self.connection = connection
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            size = self.connection.recv_into(buffer)
+            seen["read through rfile"] = seen.get("read through rfile", 0) + size
+            return size
+
+    class Watched(werkzeug.serving.WSGIRequestHandler):
+        def setup(self):
+            super().setup()
+            self.rfile = io.BufferedReader(Counted(self.connection))
+
+        def end_headers(self):
+            seen["end_headers"] = seen.get("end_headers", 0) + 1
+            super().end_headers()
+
+    def app(environ, start_response):
+        seen["body"] = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        seen["socket"] = environ["werkzeug.socket"].getpeername()
+        return hello(environ, start_response)
+
+    server = werkzeug.serving.make_server("127.0.0.1", 0, app, threaded=True, request_handler=Watched)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        client = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=PROMPTLY)
+        client.request("POST", "/", body=b"the body")
+        address = client.sock.getsockname()
+        assert client.getresponse().read() == b"Hello"
+        assert seen["body"] == b"the body"
+        assert seen["socket"] == address, "werkzeug.socket is no longer the client's socket"
+        assert seen["read through rfile"] >= len(b"POST / HTTP/1.1\r\n") + len(b"the body")
+        assert seen["end_headers"] == 1
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_werkzeugs_reloader_sets_its_sigterm_handler_before_it_starts_the_serving_process():
+    # serving.py takes SIGTERM back at that moment (an audit hook on subprocess.Popen).
+    probe = """
+import os, signal, sys
+import werkzeug.serving
+
+def audit(event, args):
+    if event == "subprocess.Popen":
+        print("set" if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None) else "not set", flush=True)
+        os._exit(0)
+
+sys.addaudithook(audit)
+werkzeug.serving.run_simple("127.0.0.1", 0, lambda environ, start_response: [], use_reloader=True)
+"""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WERKZEUG_")}
+    finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert finished.stdout.strip() == "set", finished.stdout + finished.stderr
+
+
+# gunicorn, as serving.py and gunicorn.conf.py use it
+
+
+def test_gunicorn_hands_the_app_its_socket_and_runs_gevents_worker_as_an_asyncworker(tmp_path):
+    (tmp_path / "probe.py").write_text("""
+import json, os
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"socket": environ["gunicorn.socket"].getpeername(),
+                        "at_once": os.environ.get("CHAT_WORKER_CONNECTIONS")}).encode()]
+""")
+
+    class Probe(Gunicorn):
+        def command(self):
+            return [sys.executable, "-m", "gunicorn", "-c", str(PROJECT / "gunicorn.conf.py"),
+                    "-b", f"127.0.0.1:{self.port}", "probe:app"]
+
+    server = Probe()
+    server.cwd = tmp_path
+    try:
+        server.start()
+        client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=PROMPTLY)
+        client.request("GET", "/")
+        address = client.sock.getsockname()
+        seen = json.loads(client.getresponse().read())
+        assert tuple(seen["socket"]) == address, "gunicorn.socket is no longer the client's"
+        # gunicorn.conf.py's post_fork found an AsyncWorker, and read worker_connections from its cfg.
+        assert seen["at_once"] == "10000"
+        client.close()
+    finally:
+        server.stop()
