@@ -12,7 +12,7 @@ that each limit sits where the bytes are:
 - every wait has a deadline: a ping each `ping_interval`, TLS included;
 - every connection ends with a close frame and nothing after: what came before
   the client's close frame is carried out, and answered, before ours.
-simple-websocket's `sock` and `ws` are undocumented: test_internals.py checks both.
+simple-websocket's `sock`, `ws` and `connected` are undocumented: test_internals.py checks them.
 """
 
 import logging
@@ -28,7 +28,7 @@ from functools import wraps
 
 import flask_sock
 from flask import current_app
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection as Protocol, ConnectionState, ConnectionType
 from wsproto.events import CloseConnection, Message, Ping, Pong
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
@@ -69,7 +69,7 @@ class Sock(flask_sock.Sock):
         def decorator(handler):
             @wraps(handler)
             def serve(ws, *args, **kwargs):
-                connection = Connection(ws.sock, ws.ws, current_app.config, self.pace and self.pace())
+                connection = Connection(ws.sock, take_over(ws), current_app.config, self.pace and self.pace())
                 with open_connections_changed:
                     open_connections.add(connection)
                 try:
@@ -84,6 +84,20 @@ class Sock(flask_sock.Sock):
 
             return flask_sock.Sock.route(self, path, bp, **kwargs)(serve)
         return decorator
+
+
+def take_over(ws):
+    """Return a wsproto connection for what follows simple-websocket's handshake, and let go of that handshake.
+
+    simple-websocket's `ws` keeps its wsproto WSConnection, and that keeps the
+    whole handshake (h11's parser, the request's headers): 3 KB a socket for as
+    long as it is open. After a handshake done elsewhere, wsproto documents its
+    `Connection` with the extensions agreed: none, since handshake.py drops the
+    client's offer. flask-sock calls `ws.close()` once the route has ended; not
+    connected, it raises ConnectionClosed, which flask-sock ignores.
+    """
+    ws.ws, ws.connected = None, False
+    return Protocol(ConnectionType.SERVER)
 
 
 class NoReaderThread:
