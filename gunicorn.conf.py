@@ -9,6 +9,7 @@ chat). Options on the command line win over the settings here.
 
 import os
 import signal
+import sys
 
 from gunicorn.workers.base_async import AsyncWorker
 
@@ -49,6 +50,12 @@ def post_fork(server, worker):
     # in a request; sync (threads=1): one at a time, so no WebSocket or long poll.
     at_once = worker.cfg.worker_connections if isinstance(worker, AsyncWorker) else worker.cfg.threads
     os.environ["CHAT_WORKER_CONNECTIONS"] = str(at_once)  # read by serving.capacity
+    if "gevent" in sys.modules:  # gunicorn loaded gevent's worker
+        import gevent
+
+        # gevent keeps, for each greenlet, where it was spawned from (for its
+        # debugging tools): 300 bytes for every WebSocket, which we never read.
+        gevent.config.track_greenlet_tree = False
 
 
 def post_worker_init(worker):

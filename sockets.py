@@ -42,7 +42,7 @@ def chat_socket(ws):
     # Every socket of an address spends from the same allowance as its HTTP requests.
     allowance = FrameAllowance(chat.changes_per_address, request.remote_addr)
     try:
-        for frame in ws:
+        while (frame := ws.receive()) is not None:
             reply = carry_out(chat.store, frame, allowance)
             if reply:
                 ws.send(reply)

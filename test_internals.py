@@ -1,10 +1,13 @@
 """What the app borrows from other packages beyond their documented APIs, each checked by name and by use.
 
 - simple-websocket does the handshake; handshake.py then hands the connection
-  to connection.py through two undocumented attributes of its `Server`: `sock`
-  (the client's socket) and `ws` (the wsproto `WSConnection` it opened).
+  to connection.py through undocumented attributes of its `Server`: `sock`
+  (the client's socket), and `ws` (the wsproto `WSConnection` it opened) and
+  `connected`, which it sets so that the Server lets go of the handshake and
+  its own close() sends nothing. What follows is wsproto's documented
+  `Connection`, for what follows a handshake done elsewhere.
 - connection.py encodes a broadcast frame once, with wsproto's `FrameProtocol`
-  (wsproto documents `WSConnection` and its events, not this class).
+  (wsproto documents its connections and events, not this class).
 - serving.py, under `flask run` only: werkzeug's `make_server` builds the class
   named `werkzeug.serving.ThreadedWSGIServer` when it is called, over a
   listening socket it wrapped in the TLS context; werkzeug's request handler
@@ -19,6 +22,7 @@ or changes one of these, these tests say which, rather than a test failing
 somewhere far away.
 """
 
+import gc
 import http.client
 import io
 import json
@@ -28,6 +32,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import weakref
 from importlib.metadata import version
 
 import pytest
@@ -36,10 +41,9 @@ import werkzeug.serving
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import FrameProtocol, Opcode
-from wsproto.utilities import LocalProtocolError
 
 from connection import Connection, encode_text_frame
-from handshake import NoReaderThread
+from handshake import NoReaderThread, take_over
 from helpers import PROJECT, PROMPTLY, Gunicorn
 
 MAX_MESSAGE_SIZE = 65536
@@ -87,41 +91,53 @@ def test_simple_websocket_hands_over_its_socket_as_sock_and_its_open_wsproto_con
     assert ws.sock is server_end, f"{where} no longer keeps the client's socket as `sock`"
     assert isinstance(ws.ws, WSConnection), f"{where} no longer keeps its wsproto connection as `ws`"
     assert ws.ws.state is ConnectionState.OPEN, "the handshake no longer leaves wsproto's connection open"
+    assert ws.connected is True, f"{where} no longer says it is open with `connected`"
     assert isinstance(ws.thread, NoReaderThread), "simple-websocket no longer takes its reader from thread_class"
+
+
+def test_taking_over_lets_go_of_the_handshake_and_leaves_an_open_connection(accepted):
+    ws, _, _ = accepted
+    handshake = weakref.ref(ws.ws)
+    protocol = take_over(ws)
+    gc.collect()
+    assert handshake() is None, "the Server still holds its handshake, 3 KB for every open socket"
+    assert protocol.state is ConnectionState.OPEN
 
 
 def test_a_connection_on_sock_and_ws_receives_messages_and_answers_pings_and_the_close_frame(accepted):
     ws, _, client_end = accepted
-    connection = Connection(ws.sock, ws.ws, CONFIG)
+    protocol = take_over(ws)
+    connection = Connection(ws.sock, protocol, CONFIG)
     client = client_frames()
     client_end.sendall(client.send_data("Hel", fin=False) + client.ping(b"are you there") +
                        client.send_data("lo") + client.send_data(b"\x00\x01") + client.close(1000, "bye"))
-    assert list(connection) == ["Hello", b"\x00\x01"]
+    assert list(iter(connection.receive, None)) == ["Hello", b"\x00\x01"]
     connection.close()
-    assert ws.ws.state is ConnectionState.CLOSED
+    assert protocol.state is ConnectionState.CLOSED
     assert frames_until_closed(client_end) == [(Opcode.PONG, b"are you there"), (Opcode.CLOSE, (1000, "bye"))]
 
 
 def test_simple_websockets_own_close_after_ours_sends_nothing(accepted):
     # flask-sock calls the Server's close() once the route has ended.
     ws, _, client_end = accepted
-    connection = Connection(ws.sock, ws.ws, CONFIG)
+    connection = Connection(ws.sock, take_over(ws), CONFIG)
     client_end.sendall(client_frames().close(1000))
     connection.wait_closed()
     connection.close()
-    with pytest.raises(LocalProtocolError):
-        ws.close(1001, "going away")  # wsproto refuses a second close frame; flask-sock ignores the error
+    with pytest.raises(simple_websocket.ConnectionClosed):
+        ws.close(1001, "going away")  # taken over, it is no longer connected; flask-sock ignores the error
     assert frames_until_closed(client_end) == [(Opcode.CLOSE, (1000, ""))]
 
 
 def test_a_message_over_the_limit_closes_with_1009_as_its_fragments_arrive(accepted):
     ws, _, client_end = accepted
-    connection = Connection(ws.sock, ws.ws, CONFIG)
+    protocol = take_over(ws)
+    connection = Connection(ws.sock, protocol, CONFIG)
     client = client_frames()
     # More than the limit, in fragments, and never finished: nothing waits for the end.
     client_end.sendall(client.send_data("x" * 40000, fin=False) + client.send_data("y" * 40000, fin=False))
-    assert list(connection) == []
-    assert ws.ws.state is ConnectionState.LOCAL_CLOSING
+    assert list(iter(connection.receive, None)) == []
+    assert protocol.state is ConnectionState.LOCAL_CLOSING
     client_end.sendall(client.close(1000))
     connection.close()
     assert frames_until_closed(client_end) == [(Opcode.CLOSE, (1009, "Message is too big"))]

@@ -7,6 +7,7 @@ Run from the project root, in the project's virtual environment:
                                                     # it judges no goal of the production command
     .venv/bin/python bench/run.py --redis           # the Redis store on two processes, about 8 minutes
     .venv/bin/python bench/run.py --redis --quick   # its smoke run, about 40 seconds
+    .venv/bin/python bench/run.py --memory-only     # only the 5000 idle WebSockets, about a minute
 
 By default it starts the app with `flask run`, the app with the README's
 production command (gunicorn, with gunicorn.conf.py), and bench/baseline_server.py,
@@ -72,6 +73,8 @@ FLASK_RUN = [sys.executable, "-m", "flask", "run", "--port", "{port}"]
 # The README's production command: gunicorn reads gunicorn.conf.py from the project root.
 GUNICORN = [sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:{port}", "app:create_app()"]
 BASELINE = [sys.executable, os.path.join(BENCH, "baseline_server.py"), "--port", "{port}"]
+# The servers of the default mode, as the tables name them.
+IN_MEMORY_SERVERS = {"ours": FLASK_RUN, "gunicorn": GUNICORN, "baseline": BASELINE}
 # A Redis that keeps nothing on disk: each run starts empty, and no write waits for a disk.
 REDIS_SERVER = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 
@@ -92,7 +95,11 @@ def main():
     parser.add_argument("--rounds", type=int, help="rounds of each scenario against each server")
     parser.add_argument("--redis", action="store_true",
                         help="the Redis store on two processes against the in-memory store on one")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory that idle WebSockets take (5000, or 500 with --quick)")
     args = parser.parse_args()
+    if args.memory_only and args.redis:
+        parser.error("--memory-only measures the in-memory app; it does not go with --redis")
     size = "quick" if args.quick else "full"
     rounds = args.rounds or ROUNDS[size]
     if args.redis and not shutil.which("redis-server"):
@@ -105,6 +112,9 @@ def main():
     print(f"Server logs: {logs}")
     if args.redis:
         benchmark_redis(logs, size, rounds)
+    elif args.memory_only:
+        memory = measure_idle_memory(logs, IN_MEMORY_SERVERS, IDLE_SOCKETS[size])
+        print_production_targets(None, SCENARIOS[size], memory, IDLE_SOCKETS[size])
     else:
         benchmark_in_memory(logs, size, rounds)
 
@@ -122,7 +132,7 @@ def prepare_for_many_sockets():
 def benchmark_in_memory(logs, size, rounds):
     """The app against the baseline in every scenario, then GET with few and with many messages in memory."""
     scenarios = SCENARIOS[size]
-    servers_measured = {"ours": FLASK_RUN, "gunicorn": GUNICORN, "baseline": BASELINE}
+    servers_measured = IN_MEMORY_SERVERS
     with Servers(logs) as servers:
         for name, command in servers_measured.items():
             servers.start(name, command)
@@ -178,9 +188,13 @@ def resident_mb(pids):
 
 
 def print_production_targets(results, scenarios, memory, idle_sockets):
-    """Print the production command's p99 and memory next to the baseline's, with the goals of issue 14."""
+    """Print the production command's p99 and memory next to the baseline's, with the goals of issue 14.
+
+    Without `results` (--memory-only), the p99 row says "not measured".
+    """
     p99_title = scenarios[P99_SCENARIO][0]
-    p99 = {name: median_result(results[(p99_title, name)])["p99_ms"] for name in ("gunicorn", "baseline")}
+    p99 = {name: median_result(results[(p99_title, name)])["p99_ms"] if results else None
+           for name in ("gunicorn", "baseline")}
     print("\n== The production command (gunicorn) against the baseline ==")
     print(f"{'':<50} {'gunicorn':>10} {'baseline':>10} {'ratio':>7}")
     rows = [
