@@ -16,7 +16,9 @@
   it starts the serving process.
 - serving.py, under both servers: the client's socket is in the WSGI environ as
   `werkzeug.socket` or `gunicorn.socket`. gunicorn.conf.py: gevent's worker is
-  an `AsyncWorker`, whose `cfg.worker_connections` is the setting.
+  an `AsyncWorker`, whose `cfg.worker_connections` is the setting, and a worker
+  calls the app it keeps as `wsgi` (which gunicorn.conf.py sets to Flask's
+  `wsgi_app`, to keep a call through C off every WebSocket's stack).
 requirements.txt pins the versions this was tested with; if an upgrade renames
 or changes one of these, these tests say which, rather than a test failing
 somewhere far away.
@@ -239,14 +241,24 @@ werkzeug.serving.run_simple("127.0.0.1", 0, lambda environ, start_response: [], 
 # gunicorn, as serving.py and gunicorn.conf.py use it
 
 
-def test_gunicorn_hands_the_app_its_socket_and_runs_gevents_worker_as_an_asyncworker(tmp_path):
+def test_gunicorn_hands_the_app_its_socket_runs_gevents_worker_as_an_asyncworker_and_calls_worker_wsgi(tmp_path):
     (tmp_path / "probe.py").write_text("""
 import json, os
 
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "application/json")])
-    return [json.dumps({"socket": environ["gunicorn.socket"].getpeername(),
-                        "at_once": os.environ.get("CHAT_WORKER_CONNECTIONS")}).encode()]
+class Probe:
+    # As a Flask app: calling it calls its wsgi_app.
+    def __call__(self, environ, start_response):
+        return self.answer(environ, start_response, "the app object")
+
+    def wsgi_app(self, environ, start_response):
+        return self.answer(environ, start_response, "wsgi_app")
+
+    def answer(self, environ, start_response, called):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"socket": environ["gunicorn.socket"].getpeername(), "called": called,
+                            "at_once": os.environ.get("CHAT_WORKER_CONNECTIONS")}).encode()]
+
+app = Probe()
 """)
 
     class Probe(Gunicorn):
@@ -265,6 +277,8 @@ def app(environ, start_response):
         assert tuple(seen["socket"]) == address, "gunicorn.socket is no longer the client's"
         # gunicorn.conf.py's post_fork found an AsyncWorker, and read worker_connections from its cfg.
         assert seen["at_once"] == "10000"
+        # Its post_worker_init replaced the worker's `wsgi`, and gunicorn called what it found there.
+        assert seen["called"] == "wsgi_app", "gunicorn no longer calls the app it keeps as worker.wsgi"
         client.close()
     finally:
         server.stop()
