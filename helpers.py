@@ -10,6 +10,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -206,7 +207,8 @@ class FlaskRun(Client):
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
     name = "flask run"
-    stop_seconds = 10  # how long it may take to stop after SIGTERM
+    stop_signal = signal.SIGTERM  # as `kill` sends it
+    stop_seconds = 10  # how long it may take to stop after `stop_signal`
     cwd = PROJECT  # where it starts, and finds app.py
 
     def __init__(self, port=None, env=None, log=None, open_files=None):
@@ -243,13 +245,13 @@ class FlaskRun(Client):
         return self
 
     def stop(self):
-        """Close the clients `connect` opened, then stop the server with SIGTERM, as `kill` would.
+        """Close the clients `connect` opened, then stop the server with `stop_signal`.
 
         Kill it, and fail, if it takes too long.
         """
         self.clients.close()
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout=self.stop_seconds)
             except subprocess.TimeoutExpired:
@@ -266,6 +268,10 @@ class Gunicorn(FlaskRun):
     """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess."""
 
     name = "gunicorn"
+    # gunicorn's quick stop, as Ctrl+C: its workers close their WebSockets with 1001 and exit at
+    # once. Its graceful stop, SIGTERM, waits out the gevent worker's one-second loop, a second
+    # per test; test_serving.py and test_install.py stop it with SIGTERM on purpose.
+    stop_signal = signal.SIGQUIT
     stop_seconds = 20
 
     def __init__(self, env=None, options=(), log=None, open_files=None):
@@ -296,7 +302,9 @@ class FlaskRunTLS(FlaskRun):
     """`flask run --cert --key`: the app over https, with a certificate of its own that only the tests trust."""
 
     def __init__(self, folder, env=None):
-        super().__init__(env=env, log=folder / "flask.log")
+        # Over TLS a closing handshake waits out CLOSE_SECONDS (default 2): connection.py waits for
+        # the client to end TCP, which python-websockets leaves to the server. Short, so that no test waits.
+        super().__init__(env={"FLASK_CLOSE_SECONDS": "0.5", **(env or {})}, log=folder / "flask.log")
         self.cert, self.key = self_signed_certificate(folder)
         self.url = f"https://127.0.0.1:{self.port}"
         self.trust = ssl.create_default_context(cafile=self.cert)
