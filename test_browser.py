@@ -871,7 +871,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
 @pytest.mark.config(RATE_LIMIT=1)
 def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open_chat):
     post_message(server.url, "Azin", "Vote on me")
-    page = open_chat(server.url + "/websocket")
+    page = open_chat(server.url + "/websocket", clock=True)
     page.get_by_label("Name").fill("Ben")
     field = page.get_by_label("Message", exact=True)
     field.fill("Sent in a flood")
@@ -886,6 +886,7 @@ def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open
     expect(alert).to_have_text("Too many frames: slow down.")
     expect(field).to_have_value("Sent in a flood")
     # The page connects again, and still says why it was hung up on.
+    retry_now(page)
     expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_have_text("Too many frames: slow down.")
 
@@ -971,7 +972,7 @@ def test_plain_polling_and_long_polling_pages_are_titled_apart(server, open_chat
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clears_that_when_back(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
 
     flask_run.stop()  # closes the page's WebSocket with 1001, "going away"
@@ -980,6 +981,7 @@ def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clea
     # Words that ask nothing of the reader, and stay true while the server is down.
     expect(alert).to_have_text("The server is away; reconnecting by itself…")
     flask_run.start()
+    retry_now(page)
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
 
