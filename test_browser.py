@@ -772,9 +772,10 @@ def own_redis(start, tmp_path):
 
 
 @pytest.fixture
-def server_on_own_redis(own_redis):
-    """A live server keeping its chat in `own_redis`."""
-    app = create_app({"TESTING": True, **redis_settings(own_redis.url)})
+def server_on_own_redis(own_redis, request):
+    """A live server keeping its chat in `own_redis`; more settings from @pytest.mark.config."""
+    marker = request.node.get_closest_marker("config")
+    app = create_app({"TESTING": True, **redis_settings(own_redis.url), **(marker.kwargs if marker else {})})
     live = LiveServer(app)
     yield live
     live.stop()
@@ -986,6 +987,7 @@ def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clea
     expect(alert).to_be_hidden()
 
 
+@pytest.mark.config(REDIS_SECONDS=1)  # how long a stalled Redis takes to be noticed (default 2 s)
 def test_a_websocket_page_shows_a_stalled_redis_in_place_of_connected_never_both(
         server_on_own_redis, own_redis, open_chat):
     page = open_chat(server_on_own_redis.url + "/websocket", network_errors_expected=True)
