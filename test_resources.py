@@ -288,7 +288,13 @@ def test_catching_up_from_an_old_cursor_costs_no_more_with_100000_messages_than_
 
 @pytest.fixture
 def failing_store(store, monkeypatch):
-    """The app's store; its `since` fails on the broadcaster's thread while `failures_left`."""
+    """The app's store; its `since` fails on the broadcaster's thread while `failures_left`.
+
+    The broadcaster pauses after each failed round (FAILURE_PAUSE, 0.5 s): here less, so that no test waits.
+    """
+    import broadcaster as broadcaster_module
+
+    monkeypatch.setattr(broadcaster_module, "FAILURE_PAUSE", 0.05)
     real_since = store.since
     store.failures_left = 0
     store.failed = 0
