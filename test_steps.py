@@ -509,7 +509,7 @@ def test_each_steps_socket_pings_and_hangs_up_on_a_client_that_vanished_without_
     module = load_step(step)
     options = module.app.config["SOCK_SERVER_OPTIONS"]
     assert (options["ping_interval"], options["max_message_size"]) == (25, 65536)
-    module.app.config["SOCK_SERVER_OPTIONS"] = {**options, "ping_interval": 0.2}  # no 25 s wait in a test
+    module.app.config["SOCK_SERVER_OPTIONS"] = {**options, "ping_interval": 0.1}  # no 25 s wait in a test
     live = LiveServer(module.app)
     try:
         vanished = raw_websocket(live.port, path)  # a client that never answers a ping: a laptop shut
