@@ -218,14 +218,15 @@ class FlaskRun(Client):
         self.log = log  # a file for the server's output, or None to drop it
         self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.process = None
+        self.launched = False  # by `launch`, and not yet waited for by `start`
         self.clients = ExitStack()  # the WebSocket clients `connect` opened
 
     def command(self):
         """The command line that starts the server."""
         return [sys.executable, "-m", "flask", "run", "--port", str(self.port)]
 
-    def start(self):
-        """Start the server and wait until it answers; return it."""
+    def launch(self):
+        """Start the server's process without waiting for it, so that several start side by side; return it."""
         command = self.command()
         if self.open_files:
             # As a learner's shell would set it; `exec` keeps the process id, to read its memory.
@@ -235,13 +236,21 @@ class FlaskRun(Client):
                                         stderr=subprocess.STDOUT)
         if self.log:
             output.close()  # the server has its own copy
+        self.launched = True
+        return self
+
+    def start(self):
+        """Start the server (unless `launch` just did) and wait until it answers; return it."""
+        if not self.launched:
+            self.launch()
+        self.launched = False
         deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
         while not self.answers("/"):  # a page: needs no store
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"{self.name} exited or did not start within 60 s"
                                      + (f":\n{self.output()}" if self.log else ""))
-            time.sleep(0.1)
+            time.sleep(0.02)  # asking costs little: a refused connection
         return self
 
     def stop(self):
