@@ -192,7 +192,7 @@ class LiveServer(Client):
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
         # It checks for `stop()` this often (werkzeug's default, 0.5 s, is what each test would wait).
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01},
                                        daemon=True)
         self.thread.start()
         self.clients = ExitStack()

@@ -719,9 +719,11 @@ def test_the_websocket_page_reconnects_from_its_cursor_and_misses_nothing(chat, 
     page = open_page(chat.url + "/websocket", route_sockets=pass_on, expected_errors=["Invalid frame header"],
                      clock=True)
     expect(page.get_by_role("listitem")).to_have_count(1)
+    page.clock.pause_at(page.evaluate("Date.now()") + 10)  # its retry waits until the test moves the clock
 
     sockets[0].close()  # the connection drops
-    post(chat.url, "while away")
+    expect(page.get_by_role("status")).to_have_text("reconnecting")
+    post(chat.url, "while away")  # while the page is away, and nothing of it goes out on the old socket
     retry_until(page, lambda: len(sockets) == 2)  # it connects again
 
     expect(page.get_by_role("listitem")).to_have_count(2)
