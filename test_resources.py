@@ -311,6 +311,19 @@ def failing_store(store, monkeypatch):
     return store
 
 
+def joined_sockets(server, count):
+    """Connect `count` clients; return them once each route has done joining, so that only the broadcaster feeds them.
+
+    A route answers pings once it has sent the first frame and caught its client
+    up: the pong says that it is done, and that what comes next is the broadcaster's.
+    """
+    sockets = [server.connect() for _ in range(count)]
+    for ws in sockets:
+        receive_json(ws)
+        assert ws.ping().wait(timeout=10), "no pong"
+    return sockets
+
+
 def texts_until(ws, texts, timeout=10):
     """Receive `messages` frames until each of `texts` has come; return the texts received, in order."""
 
@@ -325,9 +338,7 @@ def texts_until(ws, texts, timeout=10):
 
 def test_a_broadcast_round_that_fails_is_logged_once_and_every_socket_keeps_getting_every_message(
         server, failing_store, caplog):
-    sockets = [server.connect() for _ in range(3)]
-    for ws in sockets:
-        receive_json(ws)
+    sockets = joined_sockets(server, 3)
     failing_store.failures_left = 3  # three rounds in a row, as while memory runs out
 
     server.post("/messages", {"user": "Azin", "text": "posted while failing"})
@@ -390,9 +401,7 @@ def test_a_broadcaster_whose_failure_log_fails_too_goes_on_serving_every_socket(
 
     monkeypatch.setattr(broadcaster_module.log, "exception", log_fails)
     monkeypatch.setattr(broadcaster_module.log, "warning", log_fails)
-    sockets = [server.connect() for _ in range(3)]
-    for ws in sockets:
-        receive_json(ws)
+    sockets = joined_sockets(server, 3)
     failing_store.failures_left = 2
 
     server.post("/messages", {"user": "Azin", "text": "posted while failing"})
