@@ -277,9 +277,9 @@ class Gunicorn(FlaskRun):
     """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess."""
 
     name = "gunicorn"
-    # gunicorn's quick stop, as Ctrl+C: its workers close their WebSockets with 1001 and exit at
-    # once. Its graceful stop, SIGTERM, waits out the gevent worker's one-second loop, a second
-    # per test; test_serving.py and test_install.py stop it with SIGTERM on purpose.
+    # gunicorn's quick stop (SIGQUIT; Ctrl+C's SIGINT is the same): its workers close their
+    # WebSockets with 1001 and exit at once. Its graceful stop, SIGTERM, waits out the gevent
+    # worker's one-second loop, a second per test; test_serving.py and test_install.py check it.
     stop_signal = signal.SIGQUIT
     stop_seconds = 20
 
