@@ -97,15 +97,23 @@ def flask_run(store_settings):
 
 @pytest.fixture
 def start():
-    """A function that starts a server (FlaskRun, Gunicorn, RedisServer) and returns it; all stop after the test.
+    """A function that starts servers (FlaskRun, Gunicorn, RedisServer); all stop after the test.
 
+    `start(server)` returns the server; `start(a, b)` starts both side by side.
     Each is stopped whatever failed, the test or the stopping of another.
     """
     with ExitStack() as started:
 
-        def start(server):
-            started.callback(server.stop)
-            return server.start()
+        def start(*servers):
+            for server in servers:
+                started.callback(server.stop)
+            if len(servers) > 1:
+                for server in servers:
+                    if hasattr(server, "launch"):  # processes import and bind at once, not in turn
+                        server.launch()
+            for server in servers:
+                server.start()
+            return servers[0] if len(servers) == 1 else None
 
         yield start
 

@@ -10,6 +10,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -191,7 +192,7 @@ class LiveServer(Client):
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
         # It checks for `stop()` this often (werkzeug's default, 0.5 s, is what each test would wait).
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01},
                                        daemon=True)
         self.thread.start()
         self.clients = ExitStack()
@@ -206,7 +207,8 @@ class FlaskRun(Client):
     """The app as a learner runs it: `flask run` in a subprocess, which can be restarted."""
 
     name = "flask run"
-    stop_seconds = 10  # how long it may take to stop after SIGTERM
+    stop_signal = signal.SIGTERM  # as `kill` sends it
+    stop_seconds = 10  # how long it may take to stop after `stop_signal`
     cwd = PROJECT  # where it starts, and finds app.py
 
     def __init__(self, port=None, env=None, log=None, open_files=None):
@@ -216,14 +218,15 @@ class FlaskRun(Client):
         self.log = log  # a file for the server's output, or None to drop it
         self.open_files = open_files  # a limit of open files, as `ulimit -n` sets it
         self.process = None
+        self.launched = False  # by `launch`, and not yet waited for by `start`
         self.clients = ExitStack()  # the WebSocket clients `connect` opened
 
     def command(self):
         """The command line that starts the server."""
         return [sys.executable, "-m", "flask", "run", "--port", str(self.port)]
 
-    def start(self):
-        """Start the server and wait until it answers; return it."""
+    def launch(self):
+        """Start the server's process without waiting for it, so that several start side by side; return it."""
         command = self.command()
         if self.open_files:
             # As a learner's shell would set it; `exec` keeps the process id, to read its memory.
@@ -233,23 +236,31 @@ class FlaskRun(Client):
                                         stderr=subprocess.STDOUT)
         if self.log:
             output.close()  # the server has its own copy
+        self.launched = True
+        return self
+
+    def start(self):
+        """Start the server (unless `launch` just did) and wait until it answers; return it."""
+        if not self.launched:
+            self.launch()
+        self.launched = False
         deadline = time.monotonic() + 60  # a busy machine can take long to import and bind
         while not self.answers("/"):  # a page: needs no store
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"{self.name} exited or did not start within 60 s"
                                      + (f":\n{self.output()}" if self.log else ""))
-            time.sleep(0.1)
+            time.sleep(0.02)  # asking costs little: a refused connection
         return self
 
     def stop(self):
-        """Close the clients `connect` opened, then stop the server with SIGTERM, as `kill` would.
+        """Close the clients `connect` opened, then stop the server with `stop_signal`.
 
         Kill it, and fail, if it takes too long.
         """
         self.clients.close()
         if self.process and self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout=self.stop_seconds)
             except subprocess.TimeoutExpired:
@@ -266,6 +277,10 @@ class Gunicorn(FlaskRun):
     """The app as the README serves it in production: gunicorn, reading gunicorn.conf.py, in a subprocess."""
 
     name = "gunicorn"
+    # gunicorn's quick stop (SIGQUIT; Ctrl+C's SIGINT is the same): its workers close their
+    # WebSockets with 1001 and exit at once. Its graceful stop, SIGTERM, waits out the gevent
+    # worker's one-second loop, a second per test; test_serving.py and test_install.py check it.
+    stop_signal = signal.SIGQUIT
     stop_seconds = 20
 
     def __init__(self, env=None, options=(), log=None, open_files=None):
@@ -296,7 +311,9 @@ class FlaskRunTLS(FlaskRun):
     """`flask run --cert --key`: the app over https, with a certificate of its own that only the tests trust."""
 
     def __init__(self, folder, env=None):
-        super().__init__(env=env, log=folder / "flask.log")
+        # Over TLS a closing handshake waits out CLOSE_SECONDS (default 2): connection.py waits for
+        # the client to end TCP, which python-websockets leaves to the server. Short, so that no test waits.
+        super().__init__(env={"FLASK_CLOSE_SECONDS": "0.5", **(env or {})}, log=folder / "flask.log")
         self.cert, self.key = self_signed_certificate(folder)
         self.url = f"https://127.0.0.1:{self.port}"
         self.trust = ssl.create_default_context(cafile=self.cert)

@@ -482,8 +482,9 @@ def test_votes_on_messages_not_loaded_yet_show_once_they_are(server, open_chat, 
     server.post("/messages/10/dislike")
     expect(vote_button(message(page, "Line 10"), "Dislike 1")).to_be_visible()
     expect(message(page, "Line 02")).to_have_count(0)
-    for _ in range(2):
+    for shown in (10, 12):  # a page at a time: a second click before the first page came would ask for it again
         page.get_by_role("button", name=re.compile("^Load older")).click()
+        expect(messages(page)).to_have_count(shown)
 
     expect(vote_button(message(page, "Line 02"), "Like 3")).to_be_visible()
     expect(messages(page)).to_have_count(12)
@@ -609,14 +610,18 @@ def test_the_page_counts_characters_as_the_server_does(server, open_chat, path):
 
 def test_plain_polling_asks_every_interval_without_waiting(server, open_page):
     asked = []
-    page = open_page(server.url + "/polling?interval=1")
+    # On Playwright's clock: each second of the page's time passes at once, when the test says.
+    page = open_page(server.url + "/polling?interval=1", clock=True)
     page.on("request", lambda request: asked.append(request.url) if "/messages?" in request.url else None)
     expect(page.get_by_role("status")).to_have_text("connected")
 
     post_message(server.url, "Azin", "Seen at the next ask")
 
+    while len(asked) < 3:  # one interval, then the next ask
+        before = len(asked)
+        page.clock.fast_forward(1000)
+        let_the_page_run_until(page, lambda: len(asked) > before, "the page did not ask again after 1 s")
     expect(message(page, "Seen at the next ask")).to_be_visible()
-    let_the_page_run_until(page, lambda: len(asked) >= 3, "the page did not ask again within 5 s")
     assert all("wait=0" in url for url in asked), asked
     expect(page.get_by_role("heading", name="Plain polling (every 1 s)")).to_be_visible()
 
@@ -768,9 +773,10 @@ def own_redis(start, tmp_path):
 
 
 @pytest.fixture
-def server_on_own_redis(own_redis):
-    """A live server keeping its chat in `own_redis`."""
-    app = create_app({"TESTING": True, **redis_settings(own_redis.url)})
+def server_on_own_redis(own_redis, request):
+    """A live server keeping its chat in `own_redis`; more settings from @pytest.mark.config."""
+    marker = request.node.get_closest_marker("config")
+    app = create_app({"TESTING": True, **redis_settings(own_redis.url), **(marker.kwargs if marker else {})})
     live = LiveServer(app)
     yield live
     live.stop()
@@ -867,7 +873,7 @@ def test_a_reset_that_kept_the_messages_is_not_announced_as_a_new_chat(
 @pytest.mark.config(RATE_LIMIT=1)
 def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open_chat):
     post_message(server.url, "Azin", "Vote on me")
-    page = open_chat(server.url + "/websocket")
+    page = open_chat(server.url + "/websocket", clock=True)
     page.get_by_label("Name").fill("Ben")
     field = page.get_by_label("Message", exact=True)
     field.fill("Sent in a flood")
@@ -882,6 +888,7 @@ def test_a_socket_closed_for_flooding_says_why_in_the_servers_words(server, open
     expect(alert).to_have_text("Too many frames: slow down.")
     expect(field).to_have_value("Sent in a flood")
     # The page connects again, and still says why it was hung up on.
+    retry_now(page)
     expect(page.get_by_role("status")).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_have_text("Too many frames: slow down.")
 
@@ -967,7 +974,7 @@ def test_plain_polling_and_long_polling_pages_are_titled_apart(server, open_chat
 @pytest.mark.parametrize("path", CHAT_PAGES)
 def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clears_that_when_back(
         flask_run, open_chat, path):
-    page = open_chat(flask_run.url + path, network_errors_expected=True)
+    page = open_chat(flask_run.url + path, network_errors_expected=True, clock=True)
     status, alert = page.get_by_role("status"), page.get_by_role("alert")
 
     flask_run.stop()  # closes the page's WebSocket with 1001, "going away"
@@ -976,10 +983,12 @@ def test_while_the_server_is_away_the_page_says_it_reconnects_by_itself_and_clea
     # Words that ask nothing of the reader, and stay true while the server is down.
     expect(alert).to_have_text("The server is away; reconnecting by itself…")
     flask_run.start()
+    retry_now(page)
     expect(status).to_have_text("connected", timeout=RECONNECT_TIMEOUT)
     expect(alert).to_be_hidden()
 
 
+@pytest.mark.config(REDIS_SECONDS=1)  # how long a stalled Redis takes to be noticed (default 2 s)
 def test_a_websocket_page_shows_a_stalled_redis_in_place_of_connected_never_both(
         server_on_own_redis, own_redis, open_chat):
     page = open_chat(server_on_own_redis.url + "/websocket", network_errors_expected=True)

@@ -49,8 +49,9 @@ from handshake import NoReaderThread, take_over
 from helpers import PROJECT, PROMPTLY, Gunicorn
 
 MAX_MESSAGE_SIZE = 65536
+# The client end here never hangs up: each close waits out CLOSE_SECONDS, so it is short.
 CONFIG = {"SOCK_SERVER_OPTIONS": {"max_message_size": MAX_MESSAGE_SIZE, "ping_interval": 25},
-          "CLOSE_SECONDS": 0.2}  # how long close() waits for a client that never hangs up
+          "CLOSE_SECONDS": 0.2}
 
 
 @pytest.fixture

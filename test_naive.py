@@ -28,7 +28,7 @@ TEXT = "x" * 900  # with its number, within the app's limit of 1000 characters
 # When the reader has received nothing for this long, deliveries have stopped; and a client
 # connecting afterwards that gets no first frame in NEWCOMER_SECONDS is kept waiting. Only the
 # loop's test waits them out, and there a busy machine can only make a stall look longer.
-QUIET_SECONDS = 2
+QUIET_SECONDS = 1
 NEWCOMER_SECONDS = 1
 
 copies = itertools.count()

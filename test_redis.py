@@ -35,7 +35,9 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads process d
 def flask_runs(start, redis_url, tmp_path, count=2, **settings):
     """Start `count` `flask run` processes on one Redis, with `start`: each stops after the test."""
     env = flask_env({**redis_settings(redis_url), **settings})
-    return [start(FlaskRun(env=env, log=tmp_path / f"flask-{n}.log")) for n in range(count)]
+    servers = [FlaskRun(env=env, log=tmp_path / f"flask-{n}.log") for n in range(count)]
+    start(*servers)
+    return servers
 
 
 def receive_command(ws, command, timeout=10, skipped=None):

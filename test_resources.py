@@ -171,12 +171,12 @@ class TimingReader:
 
 @linux_only
 def test_slow_readers_during_a_flood_cost_little_memory_and_delay_no_one(start_flask_run):
-    # A flood far beyond the rate limit, as a benchmark makes it: no flood control. (A smaller
-    # store would make it shorter, but a reader behind by more than the store keeps gets a reset.)
-    kept = 10_000  # MAX_MESSAGES's default
-    running = start_flask_run(RATE_LIMIT=0)
+    # A flood far beyond the rate limit, as a benchmark makes it: no flood control. The store keeps
+    # half its default, so that a flood of more than twice that takes half as long.
+    kept = 5_000
+    running = start_flask_run(RATE_LIMIT=0, MAX_MESSAGES=kept)
     url = f"ws://127.0.0.1:{running.port}/ws"
-    rate, duration = 3000, 8  # 24 MB of chat, more than twice what the store keeps
+    rate, duration = 3000, 4  # 12 MB of chat, more than twice what the store keeps
     slow_readers = SlowReaders(running.port, count=5)
     flooder = Flooder(running.port)
     with connect(url, max_size=None, max_queue=None) as normal_reader:
@@ -198,9 +198,9 @@ def test_slow_readers_during_a_flood_cost_little_memory_and_delay_no_one(start_f
           f"max {percentile(reader.latencies, 1) * 1000:.0f} ms (p99 from being stored: "
           f"{percentile(reader.since_stored, 0.99) * 1000:.0f} ms). Each slow reader read "
           f"{slow_readers.received[0] // 1024} KB.")
-    # The store's 10,000 messages take about 20 MB; five slow readers holding all they haven't
-    # read would add five copies of the flood, 120 MB.
-    assert peak - before < 100 * MB, f"RSS grew from {before} kB to a peak of {peak} kB"
+    # The store's 5,000 messages take about 10 MB; five slow readers holding all they haven't
+    # read would add five copies of the flood, 60 MB.
+    assert peak - before < 50 * MB, f"RSS grew from {before} kB to a peak of {peak} kB"
     assert flooder.sent > kept, f"not a flood: the store keeps {kept} messages"
     assert reader.ids == list(range(1, flooder.sent + 1))  # each once, in order, while 5 barely read
 
@@ -230,9 +230,11 @@ def test_clients_that_ask_for_history_and_never_read_cost_little_memory_and_slow
     filler = Flooder(running.port)
     filler.send(10000)
     wait_until(lambda: running.get("/messages?since=9999")["cursor"] == 10000, timeout=60)
+    with_filler = threads_of(running.process.pid)
     filler.raw.close()
     latest = running.get("/messages")["cursor"]
-    time.sleep(1)  # let the filler's connection end
+    # The filler's connection has ended once its route's thread has.
+    wait_until(lambda: threads_of(running.process.pid) < with_filler)
     before, _ = running.memory_kb()
 
     clients = [ask_and_never_read(running.port, "/messages?since=0") for _ in range(20)]
@@ -286,7 +288,13 @@ def test_catching_up_from_an_old_cursor_costs_no_more_with_100000_messages_than_
 
 @pytest.fixture
 def failing_store(store, monkeypatch):
-    """The app's store; its `since` fails on the broadcaster's thread while `failures_left`."""
+    """The app's store; its `since` fails on the broadcaster's thread while `failures_left`.
+
+    The broadcaster pauses after each failed round (FAILURE_PAUSE, 0.5 s): here less, so that no test waits.
+    """
+    import broadcaster as broadcaster_module
+
+    monkeypatch.setattr(broadcaster_module, "FAILURE_PAUSE", 0.05)
     real_since = store.since
     store.failures_left = 0
     store.failed = 0
@@ -303,6 +311,19 @@ def failing_store(store, monkeypatch):
     return store
 
 
+def joined_sockets(server, count):
+    """Connect `count` clients; return them once each route has done joining, so that only the broadcaster feeds them.
+
+    A route answers pings once it has sent the first frame and caught its client
+    up: the pong says that it is done, and that what comes next is the broadcaster's.
+    """
+    sockets = [server.connect() for _ in range(count)]
+    for ws in sockets:
+        receive_json(ws)
+        assert ws.ping().wait(timeout=10), "no pong"
+    return sockets
+
+
 def texts_until(ws, texts, timeout=10):
     """Receive `messages` frames until each of `texts` has come; return the texts received, in order."""
 
@@ -317,9 +338,7 @@ def texts_until(ws, texts, timeout=10):
 
 def test_a_broadcast_round_that_fails_is_logged_once_and_every_socket_keeps_getting_every_message(
         server, failing_store, caplog):
-    sockets = [server.connect() for _ in range(3)]
-    for ws in sockets:
-        receive_json(ws)
+    sockets = joined_sockets(server, 3)
     failing_store.failures_left = 3  # three rounds in a row, as while memory runs out
 
     server.post("/messages", {"user": "Azin", "text": "posted while failing"})
@@ -382,9 +401,7 @@ def test_a_broadcaster_whose_failure_log_fails_too_goes_on_serving_every_socket(
 
     monkeypatch.setattr(broadcaster_module.log, "exception", log_fails)
     monkeypatch.setattr(broadcaster_module.log, "warning", log_fails)
-    sockets = [server.connect() for _ in range(3)]
-    for ws in sockets:
-        receive_json(ws)
+    sockets = joined_sockets(server, 3)
     failing_store.failures_left = 2
 
     server.post("/messages", {"user": "Azin", "text": "posted while failing"})

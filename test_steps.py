@@ -509,7 +509,7 @@ def test_each_steps_socket_pings_and_hangs_up_on_a_client_that_vanished_without_
     module = load_step(step)
     options = module.app.config["SOCK_SERVER_OPTIONS"]
     assert (options["ping_interval"], options["max_message_size"]) == (25, 65536)
-    module.app.config["SOCK_SERVER_OPTIONS"] = {**options, "ping_interval": 0.2}  # no 25 s wait in a test
+    module.app.config["SOCK_SERVER_OPTIONS"] = {**options, "ping_interval": 0.1}  # no 25 s wait in a test
     live = LiveServer(module.app)
     try:
         vanished = raw_websocket(live.port, path)  # a client that never answers a ping: a laptop shut
@@ -631,12 +631,16 @@ def open_page(browser):
     """Open pages as separate people (a browser context each); at the end, fail on any JavaScript error."""
     opener = PageOpener(browser)
 
-    def open_page(url, expected_errors=(), route_sockets=None):
-        """Open `url` as a new person; console errors holding one of `expected_errors` are no problem."""
+    def open_page(url, expected_errors=(), route_sockets=None, clock=False):
+        """Open `url` as a new person; console errors holding one of `expected_errors` are no problem.
+
+        With `clock`, the page's timers run on Playwright's clock, so that `retry_until` can skip a wait.
+        """
         def route(page):  # the page's WebSockets go through the test's handler
             page.route_web_socket("**/ws*", route_sockets)
 
-        return opener(url, expected_errors=expected_errors, before_goto=route if route_sockets else None)
+        return opener(url, expected_errors=expected_errors, before_goto=route if route_sockets else None,
+                      clock=clock)
 
     yield open_page
     problems = list(opener.problems)
@@ -649,6 +653,15 @@ def send(page, user, text):
     page.get_by_label("Name").fill(user)
     page.get_by_label("Message").fill(text)
     page.get_by_label("Message").press("Enter")
+
+
+def retry_until(page, condition):
+    """Skip the waits before the page's tries to reach the server (1 or 2 s) until `condition()` holds.
+
+    The page must have been opened with `clock=True`. Its clock moves on a
+    retry's wait at a time; the page still tries, and fails, as it would have.
+    """
+    wait_until(lambda: condition() or page.clock.fast_forward(2000))
 
 
 @pytest.mark.parametrize("step", ["1-hello"])
@@ -703,11 +716,15 @@ def test_the_websocket_page_reconnects_from_its_cursor_and_misses_nothing(chat, 
 
     # flask-sock, left alone, writes an HTTP response after the closing handshake (flask-sock #20), which
     # Chromium reports when the page is still there to hear it. The app's connection.py prevents that.
-    page = open_page(chat.url + "/websocket", route_sockets=pass_on, expected_errors=["Invalid frame header"])
+    page = open_page(chat.url + "/websocket", route_sockets=pass_on, expected_errors=["Invalid frame header"],
+                     clock=True)
     expect(page.get_by_role("listitem")).to_have_count(1)
+    page.clock.pause_at(page.evaluate("Date.now()") + 10)  # its retry waits until the test moves the clock
 
     sockets[0].close()  # the connection drops
-    post(chat.url, "while away")
+    expect(page.get_by_role("status")).to_have_text("reconnecting")
+    post(chat.url, "while away")  # while the page is away, and nothing of it goes out on the old socket
+    retry_until(page, lambda: len(sockets) == 2)  # it connects again
 
     expect(page.get_by_role("listitem")).to_have_count(2)
     expect(page.get_by_role("listitem").last).to_contain_text("while away")
@@ -780,7 +797,7 @@ def test_after_a_restart_each_open_page_shows_exactly_the_new_servers_messages(s
     # While the server is away, the browser logs each failed attempt to reach it.
     away = ["ERR_CONNECTION_REFUSED", "ERR_EMPTY_RESPONSE", "ERR_CONNECTION_RESET", "WebSocket connection to",
             "Invalid frame header"]
-    pages = [open_page(old.url + path, expected_errors=away) for path in paths]
+    pages = [open_page(old.url + path, expected_errors=away, clock=True) for path in paths]
     for text in ("old one", "old two", "old three"):
         post(old.url, text)
     for page in pages:
@@ -789,6 +806,7 @@ def test_after_a_restart_each_open_page_shows_exactly_the_new_servers_messages(s
     new = start(StepRun(f"steps/{step}/app", cwd=PROJECT, log=tmp_path / "new.log", port=old.port))
     post(new.url, "new one")  # id 1 again, and the new cursor (1) is below what the pages hold (3)
     for page in pages:
+        retry_until(page, lambda: page.get_by_role("listitem").count() == 1)
         expect(page.get_by_role("listitem")).to_have_count(1, timeout=20_000)
         expect(page.get_by_role("listitem")).to_contain_text(["new one"])
         expect(page.get_by_role("status")).to_have_text("connected")
