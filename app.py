@@ -49,6 +49,7 @@ def create_app(test_config=None):
         REQUEST_SECONDS=10,  # a request, headers and body, must arrive within this of its connection's start
         STALL_SECONDS=5,  # a WebSocket client that takes none of our bytes this long is hung up on
         CLOSE_SECONDS=2,  # how long a closing handshake may take
+        FLOOD_SECONDS=5,  # a WebSocket whose frames wait for its address's allowance this long in a row gets 1008
         SOCK_SERVER_OPTIONS={"max_message_size": 65536, "ping_interval": 25},
     )
     app.config.from_prefixed_env()

@@ -34,8 +34,6 @@ MAX_QUEUED_BYTES = 65536
 SEND_BUFFER_BYTES = 65536
 # Read, and give a TLS socket, at most this much at once (one TLS record): what a message may pass its limit by.
 CHUNK_BYTES = 16384
-# A client whose frames wait for its allowance this long without a break is closed with 1008.
-FLOOD_SECONDS = 5
 
 log = logging.getLogger(__name__)
 OPEN, REMOTE_CLOSING, LOCAL_CLOSING = State.OPEN, State.REMOTE_CLOSING, State.LOCAL_CLOSING
@@ -54,6 +52,7 @@ class Connection:
         self.ping_interval = options.get("ping_interval")
         self.stall_seconds = float(config.get("STALL_SECONDS", 5))
         self.close_seconds = float(config.get("CLOSE_SECONDS", 2))
+        self.flood_seconds = float(config.get("FLOOD_SECONDS", 5))
         self.pace = pace  # returns 0, or how long to read nothing: frames cost from the client's allowance
         # The route's thread reads and writes, the broadcaster writes, a stopping server closes: one at a time.
         self._lock = threading.RLock()
@@ -235,7 +234,7 @@ class Connection:
             if not self.connected:  # we closed meanwhile (the server is stopping): stop waiting
                 return False
             self._paced_seconds += wait
-            if self._paced_seconds > FLOOD_SECONDS:  # it keeps on: close, as for a flood of messages
+            if self._paced_seconds > self.flood_seconds:  # it keeps on: close, as for a flood of messages
                 self._send_event(CloseConnection(CloseReason.POLICY_VIOLATION, "Too many frames: slow down."))
                 return False
             time.sleep(wait)  # the rest waits in wsproto, and in TCP
@@ -247,6 +246,8 @@ class Connection:
         shut_down = False
         # A socket closed with bytes unread is reset, which can lose our close frame before the client reads it.
         while time.monotonic() < deadline and not self._hung_up:
+            if self._tls and not self._out and self._protocol.state is State.CLOSED:
+                return  # both close frames went through: a TLS client waits for us to end TCP
             # Our close frame is out: our end of TCP says so at once. (A TLS socket shut
             # down halfway can't decrypt what still comes: it waits for the hang-up.)
             if not self._out and not shut_down and not self._tls:

@@ -311,9 +311,7 @@ class FlaskRunTLS(FlaskRun):
     """`flask run --cert --key`: the app over https, with a certificate of its own that only the tests trust."""
 
     def __init__(self, folder, env=None):
-        # Over TLS a closing handshake waits out CLOSE_SECONDS (default 2): connection.py waits for
-        # the client to end TCP, which python-websockets leaves to the server. Short, so that no test waits.
-        super().__init__(env={"FLASK_CLOSE_SECONDS": "0.5", **(env or {})}, log=folder / "flask.log")
+        super().__init__(env=env, log=folder / "flask.log")
         self.cert, self.key = self_signed_certificate(folder)
         self.url = f"https://127.0.0.1:{self.port}"
         self.trust = ssl.create_default_context(cafile=self.cert)

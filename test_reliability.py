@@ -10,7 +10,8 @@ from websockets.exceptions import ConnectionClosed
 
 from app import create_app
 from helpers import (FlaskRun, FlaskRunTLS, LiveServer, frames_in, raw_websocket, read_first_frame,
-                     read_until_the_server_hangs_up, receive_json, receive_until, rss_kb, server_threads, wait_until)
+                     read_until_the_server_hangs_up, receive_json, receive_until, rss_kb, server_threads, threads_of,
+                     wait_until)
 
 
 class Reader:
@@ -192,8 +193,12 @@ def test_memory_stays_flat_once_max_messages_is_reached(start):
     assert after - before < 5000, f"RSS grew from {before} kB to {after} kB"
 
 
-def test_websockets_work_over_tls_when_flask_run_serves_https(start, tmp_path):
-    server = start(FlaskRunTLS(tmp_path))  # its clients check its certificate
+def test_websockets_work_over_tls_when_flask_run_serves_https_and_close_without_waiting_out_close_seconds(
+        start, tmp_path):
+    # A TLS client (python-websockets, as browsers) leaves ending TCP to the server: once both close
+    # frames went through, the server ends it, rather than wait CLOSE_SECONDS for the client to.
+    server = start(FlaskRunTLS(tmp_path, env={"FLASK_CLOSE_SECONDS": "60"}))  # its clients check its certificate
+    threads_before = threads_of(server.process.pid)
     ws, other = server.connect(), server.connect()
     receive_json(ws), receive_json(other)
     ws.send(json.dumps({"command": "send-message",
@@ -202,6 +207,8 @@ def test_websockets_work_over_tls_when_flask_run_serves_https(start, tmp_path):
         assert receive_json(client)["messages"][0]["text"].startswith("over TLS")
     ws.close()
     assert ws.close_code == 1000
+    other.close()
+    wait_until(lambda: threads_of(server.process.pid) <= threads_before)  # both routes ended
 
 
 def client_frame(opcode, payload=b""):
@@ -230,7 +237,8 @@ def test_nothing_follows_the_close_frame_whoever_closes_first(server, path, who_
         assert int.from_bytes(frames[-1][1][:2], "big") == expected_code
 
 
-@pytest.mark.config(CLOSE_SECONDS=0.5)  # it never reads our close frame either: wait less for its answer
+# It never reads our close frame either: wait less for its answer, and for its flood.
+@pytest.mark.config(CLOSE_SECONDS=0.5, FLOOD_SECONDS=1)
 def test_a_hello_client_that_floods_pings_and_never_reads_is_let_go(server):
     threads_before = server_threads()
     raw = raw_websocket(server.port, "/hello/ws", receive_buffer=4096)
