@@ -194,6 +194,7 @@ def messages_frame(answer):
 
 def status_frame(unavailable):
     """Return the JSON text of a `status` frame: available, or not and why."""
-    frame = {"command": "status", "available": False, "error": unavailable} if unavailable else {
-        "command": "status", "available": True}
+    frame = {"command": "status", "available": not unavailable}
+    if unavailable:
+        frame["error"] = unavailable
     return json.dumps(frame, ensure_ascii=False)
