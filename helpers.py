@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import pytest
@@ -549,6 +549,13 @@ def raw_websocket(port, path="/ws", receive_buffer=None):
     assert status.startswith("HTTP/1.1 101"), status
     raw.settimeout(None)
     return raw
+
+
+def hang_up(raw):
+    """End a raw client's connection, even while another thread waits on it (closing alone would not)."""
+    with suppress(OSError):  # unless the server hung up first
+        raw.shutdown(socket.SHUT_RDWR)  # a thread waiting in `recv` or `sendall` wakes and fails
+    raw.close()
 
 
 def masked_text_frame(text):

@@ -15,7 +15,6 @@ import socket
 import sys
 import threading
 import time
-from contextlib import suppress
 from datetime import datetime
 
 import pytest
@@ -23,8 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
-from helpers import (FlaskRun, flask_env, handshake, raw_websocket, read_first_frame, read_server_frame, receive_json,
-                     receive_until, rss_kb, server_threads, threads_of, wait_until)
+from helpers import (FlaskRun, flask_env, handshake, hang_up, raw_websocket, read_first_frame, read_server_frame,
+                     receive_json, receive_until, rss_kb, server_threads, threads_of, wait_until)
 from store import Store
 
 MB = 1024  # in kB, as /proc counts
@@ -110,12 +109,6 @@ class Flooder:
             time.sleep(0.001)
         return self.sent / (time.monotonic() - began)
 
-    def close(self):
-        """Hang up. (Closing alone ends nothing while the draining thread waits in `recv`: it holds the socket.)"""
-        with suppress(OSError):  # unless the server hung up first
-            self.raw.shutdown(socket.SHUT_RDWR)
-        self.raw.close()
-
     def send(self, count):
         """Send `count` messages as fast as the server takes them."""
         for _ in range(count):
@@ -197,7 +190,7 @@ def test_slow_readers_during_a_flood_cost_little_memory_and_delay_no_one(start_f
             after, peak = running.memory_kb()
         finally:
             slow_readers.close()
-            flooder.close()
+            hang_up(flooder.raw)  # its draining thread waits in `recv`
     p50, p99 = percentile(reader.latencies, 0.5), percentile(reader.latencies, 0.99)
     print(f"\n{flooder.sent} messages in {duration} s, {reached:.0f}/s. Server RSS before "
           f"{before // MB} MB, after {after // MB} MB, peak {peak // MB} MB. The normal reader got "
@@ -238,7 +231,7 @@ def test_clients_that_ask_for_history_and_never_read_cost_little_memory_and_slow
     filler.send(10000)
     wait_until(lambda: running.get("/messages?since=9999")["cursor"] == 10000, timeout=60)
     with_filler = threads_of(running.process.pid)
-    filler.close()
+    hang_up(filler.raw)  # its draining thread waits in `recv`
     latest = running.get("/messages")["cursor"]
     # The filler's connection has ended once its route's thread has.
     wait_until(lambda: threads_of(running.process.pid) < with_filler)
